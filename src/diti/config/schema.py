@@ -1,0 +1,176 @@
+"""Typed configs for every job. Defaults live here and only here; presets are small overrides.
+
+The DiTi defaults are the official CelebA64 recipe (PAPER.md): d = 512, k = 64, imbalanced stages
+50/100/300/500/1000 with dims 10/25/327/100/50, stop_grad, Adam 1e-4, global batch 128, EMA 0.9999.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..diffusion.schedule import NoiseSchedule
+from ..partition import Partition
+from .loader import ConfigError
+
+
+@dataclass
+class DiffusionConfig:
+    """The linear-beta DDPM schedule (must match the frozen DM's)."""
+
+    timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def build(self) -> NoiseSchedule:
+        try:
+            return NoiseSchedule(self.timesteps, self.beta_start, self.beta_end)
+        except ValueError as err:
+            raise ConfigError(f"diffusion: {err}") from None
+
+
+@dataclass
+class PartitionConfig:
+    """How z is split into chunks tied to time-step ranges (k = 1 is PDAE)."""
+
+    latent_dim: int = 512
+    k: int = 64
+    stages: list[int] | None = field(default_factory=lambda: [50, 100, 300, 500, 1000])
+    dims_per_stage: list[int] | None = field(default_factory=lambda: [10, 25, 327, 100, 50])
+    mode: Literal["base", "stop_grad", "dual"] = "stop_grad"
+
+    def build(self, timesteps: int) -> Partition:
+        try:
+            return Partition(self.latent_dim, self.k, timesteps, self.stages, self.dims_per_stage)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+
+@dataclass
+class EncoderConfig:
+    """Convolutional encoder: one stride-2 conv per entry of ``channels`` (official CelebA64 design)."""
+
+    channels: list[int] = field(default_factory=lambda: [64, 128, 128, 128])
+    attn_resolutions: list[int] = field(default_factory=lambda: [16])
+    norm_groups: int = 32
+
+
+@dataclass
+class DecoderConfig:
+    """Shift decoder built from the frozen DM; z_embed_dim None = the DM's time-embedding width."""
+
+    z_embed_dim: int | None = None
+
+
+@dataclass
+class UNetConfig:
+    """A diffusers UNet2DModel for ``diti pretrain``; attention at the levels listed in attention_levels."""
+
+    block_out_channels: list[int] = field(default_factory=lambda: [64, 128, 128])
+    layers_per_block: int = 1
+    attention_levels: list[int] = field(default_factory=lambda: [1])
+    norm_num_groups: int = 32
+    attention_head_dim: int = 32
+    resnet_time_scale_shift: Literal["default", "scale_shift"] = "scale_shift"
+    dropout: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    """Where the training images come from. resolution None = the DM's sample size."""
+
+    path: str | None = None
+    split: str = "train"
+    resolution: int | None = None
+    hflip: bool = False
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping. batch_size is the global batch (all processes, all accumulation steps)."""
+
+    steps: int = 300_000
+    batch_size: int = 128
+    lr: float = 1e-4
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    ema_decay: float = 0.9999
+    # decay_t = min(ema_decay, (1 + step) / (10 + step)): lets short runs have a useful EMA; a no-op after
+    # ~10^5 steps at 0.9999. Set false for the plain EMA of the official code.
+    ema_warmup: bool = True
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    grad_accum_steps: int = 1
+    progress: bool = True
+
+    def validate(self) -> None:
+        positive = {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "log_every": self.log_every,
+            "checkpoint_every": self.checkpoint_every,
+            "keep_checkpoints": self.keep_checkpoints,
+            "grad_accum_steps": self.grad_accum_steps,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {value}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ConfigError(f"train.adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.batch_size % self.grad_accum_steps:
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} is not divisible by grad_accum_steps={self.grad_accum_steps}"
+            )
+
+
+@dataclass
+class DiTiConfig:
+    """``diti train``: an encoder and shift decoder on a frozen DM."""
+
+    dm: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        self.diffusion.build()
+        self.partition.build(self.diffusion.timesteps)
+        self.train.validate()
+        if any(c < 1 for c in self.encoder.channels) or not self.encoder.channels:
+            raise ConfigError(f"encoder.channels must be positive widths, got {self.encoder.channels}")
+
+
+@dataclass
+class PretrainConfig:
+    """``diti pretrain``: a DDPM (UNet2DModel) to freeze later."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=2e-4, ema_decay=0.999))
+
+    def validate(self) -> None:
+        self.diffusion.build()
+        self.train.validate()
+        levels = len(self.unet.block_out_channels)
+        bad = [i for i in self.unet.attention_levels if not 0 <= i < levels]
+        if bad:
+            raise ConfigError(f"unet.attention_levels {bad} out of range for {levels} levels")
+        if any(c % self.unet.norm_num_groups for c in self.unet.block_out_channels):
+            raise ConfigError(
+                f"unet.block_out_channels {self.unet.block_out_channels} must be multiples of "
+                f"norm_num_groups={self.unet.norm_num_groups}"
+            )

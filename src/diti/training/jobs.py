@@ -1,0 +1,139 @@
+"""The two training jobs: ``pretrain`` (a DDPM to freeze) and ``train_diti`` (E and G on a frozen DM)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DModel
+
+from ..config.loader import ConfigError, to_dict
+from ..config.schema import DiTiConfig, PretrainConfig
+from ..data import open_dataset
+from ..models.ddpm import DDPMObjective
+from ..models.diti import DiTiModel
+from ..models.dm import build_unet, dm_resolution, load_dm, save_dm
+from .checkpoint import latest_checkpoint, load_tensors
+from .run import read_meta, read_run_config, write_run_files
+from .trainer import Trainer
+
+# Config keys that may change when a run is resumed (bookkeeping, not the experiment).
+RESUMABLE_KEYS = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "progress", "device", "num_workers"}
+
+
+def prepare_run_folder(out: Path, kind: str, cfg, resume: bool):
+    """Create ``out`` for a new run, or check that a resumed run keeps its experiment config.
+
+    Returns the config to use: on resume, the saved one with only bookkeeping keys (RESUMABLE_KEYS) taken
+    from ``cfg``.
+    """
+    out = Path(out)
+    has_run = (out / "config.yaml").is_file()
+    if has_run and not resume:
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    if not has_run:
+        if out.exists() and any(out.iterdir()) and not resume:
+            raise FileExistsError(f"{out} exists and is not empty; choose another --out")
+        return cfg
+    read_meta(out, kind)
+    saved = read_run_config(out, type(cfg))
+    diffs = _config_diffs(to_dict(saved), to_dict(cfg))
+    changed = [k for k in diffs if k.rsplit(".", 1)[-1] not in RESUMABLE_KEYS]
+    if changed:
+        raise ConfigError(
+            f"cannot resume {out} with a different experiment config: {', '.join(changed)} differ from "
+            f"its config.yaml (only {', '.join(sorted(RESUMABLE_KEYS))} may change on resume)"
+        )
+    # keep the saved experiment, take the new bookkeeping values
+    saved.train = replace(saved.train, **{k: getattr(cfg.train, k) for k in RESUMABLE_KEYS if hasattr(cfg.train, k)})
+    return saved
+
+
+def _config_diffs(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _config_diffs(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def _resolve_path(path: str | None, what: str) -> str:
+    if path is None:
+        raise ConfigError(f"{what} is not set")
+    return str(Path(path).expanduser().resolve())
+
+
+def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False) -> Path:
+    """Train a UNet2DModel DDPM; writes RUN/dm/ (a diffusers pipeline folder with the EMA weights)."""
+    out = Path(out)
+    cfg = copy.deepcopy(cfg)
+    cfg.data.path = _resolve_path(cfg.data.path, "data.path")
+    cfg.validate()
+    dataset = open_dataset(cfg.data.path, cfg.data.split, cfg.data.resolution)
+    cfg.data.resolution = dataset.resolution
+    cfg = prepare_run_folder(out, "pretrain", cfg, resume)
+    schedule = cfg.diffusion.build()
+    torch.manual_seed(cfg.train.seed)  # initial weights from the config's seed, never the clock
+    module = DDPMObjective(build_unet(cfg.unet, dataset.resolution), schedule)
+    trainer = Trainer(module, dataset, cfg.train, schedule.timesteps, out, cfg.data.hflip, cfg.data.num_workers)
+    if trainer.acc.is_main_process:
+        write_run_files(out, "pretrain", cfg)
+    trainer.resume()
+    trainer.run()
+    if trainer.acc.is_main_process:
+        unet = copy.deepcopy(module.unet)
+        unet.load_state_dict({k.removeprefix("unet."): v for k, v in trainer.ema_state_dict().items()})
+        save_dm(unet, out / "dm", schedule)
+    trainer.acc.wait_for_everyone()
+    return out / "dm"
+
+
+def train_diti(cfg: DiTiConfig, out: str | Path, resume: bool = False) -> Path:
+    """Train the encoder and shift decoder of DiTi (PDAE when partition.k = 1) on a frozen DM."""
+    out = Path(out)
+    cfg = copy.deepcopy(cfg)
+    cfg.dm = _resolve_path(cfg.dm, "dm (the frozen diffusion model folder)")
+    cfg.data.path = _resolve_path(cfg.data.path, "data.path")
+    cfg.validate()
+    schedule = cfg.diffusion.build()
+    dm = load_dm(cfg.dm, schedule)
+    cfg.data.resolution = cfg.data.resolution or dm_resolution(dm)
+    cfg = prepare_run_folder(out, "diti", cfg, resume)
+    dataset = open_dataset(cfg.data.path, cfg.data.split, cfg.data.resolution)
+    check_data_fits_dm(dataset, dm)
+    torch.manual_seed(cfg.train.seed)  # initial weights from the config's seed, never the clock
+    model = DiTiModel.from_config(cfg, dm)
+    trainer = Trainer(model, dataset, cfg.train, schedule.timesteps, out, cfg.data.hflip, cfg.data.num_workers)
+    if trainer.acc.is_main_process:
+        write_run_files(out, "diti", cfg)
+    trainer.resume()
+    trainer.run()
+    return out
+
+
+def check_data_fits_dm(dataset, dm: UNet2DModel) -> None:
+    channels = dataset[0].shape[0]
+    if channels != dm.config.in_channels or dataset.resolution != dm_resolution(dm):
+        raise ValueError(
+            f"the data ({channels} channels, {dataset.resolution}px) does not fit the DM "
+            f"({dm.config.in_channels} channels, {dm_resolution(dm)}px)"
+        )
+
+
+def load_diti_run(run: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> tuple[DiTiModel, DiTiConfig]:
+    """A trained DiTi/PDAE model (EMA weights by default, eval mode) and its config, from a run folder."""
+    run = Path(run)
+    read_meta(run, "diti")
+    cfg = read_run_config(run, DiTiConfig)
+    ckpt = latest_checkpoint(run / "checkpoints")
+    if ckpt is None:
+        raise FileNotFoundError(f"{run} has no checkpoint yet")
+    schedule = cfg.diffusion.build()
+    model = DiTiModel.from_config(cfg, load_dm(cfg.dm, schedule))
+    model.load_trainable_state_dict(load_tensors(ckpt / ("ema.safetensors" if ema else "model.safetensors")))
+    return model.to(device).eval(), cfg

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny shapes data and a tiny DM trained once per session (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from diti.config import PretrainConfig, UNetConfig, build_config
+from diti.data import generate_shapes
+from diti.models.dm import build_unet
+from diti.training.jobs import pretrain
+
+QUICK_UNET = UNetConfig(block_out_channels=[16, 32], attention_levels=[1], norm_num_groups=8, attention_head_dim=8)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def shapes16(tmp_path_factory):
+    """256 train / 64 test shapes images at 16 px."""
+    return generate_shapes(tmp_path_factory.mktemp("shapes16"), resolution=16, n_train=256, n_test=64, seed=0,
+                           progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_dm(tmp_path_factory, shapes16):
+    """A tiny DDPM trained for 300 steps on shapes16 (~20 s): good enough for DDIM round trips."""
+    out = tmp_path_factory.mktemp("dm") / "run"
+    cfg = build_config(PretrainConfig, "shapes-quick", overrides=[
+        f"data.path={json.dumps(str(shapes16))}", "train.steps=300", "train.batch_size=32",
+        "train.checkpoint_every=300", "train.progress=false"])
+    return pretrain(cfg, out)
+
+
+@pytest.fixture
+def tiny_unet():
+    """A randomly initialised 16 px UNet2DModel with attention in its last down block."""
+    return build_unet(QUICK_UNET, 16)

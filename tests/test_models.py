@@ -1,0 +1,110 @@
+import copy
+
+import pytest
+import torch
+
+from diti.diffusion.schedule import NoiseSchedule
+from diti.models.diti import DiTiModel
+from diti.models.encoder import Encoder
+from diti.models.shift_decoder import ShiftDecoder, ZResnetBlock
+from diti.partition import Partition
+
+
+def make_model(unet, mode="stop_grad", k=4):
+    enc = Encoder(16, 16, channels=[16, 32], attn_resolutions=[8], norm_groups=8)
+    return DiTiModel(unet, enc, Partition(16, k, 1000), NoiseSchedule(), mode)
+
+
+def test_official_encoder_size():
+    enc = Encoder()  # the CelebA64 default
+    n = sum(p.numel() for p in enc.parameters())
+    assert 1.4e6 < n < 1.6e6  # PAPER.md: ~1.5M
+    assert enc(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+
+
+def test_encoder_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="not divisible"):
+        Encoder(resolution=36, channels=[8, 8, 8], norm_groups=8, attn_resolutions=[])
+    with pytest.raises(ValueError, match="never occur"):
+        Encoder(resolution=32, channels=[8, 8], norm_groups=8, attn_resolutions=[16, 4])
+    enc = Encoder(32, 8, channels=[8, 8], attn_resolutions=[], norm_groups=8)
+    with pytest.raises(ValueError, match="expects 32x32"):
+        enc(torch.randn(1, 3, 16, 16))
+
+
+def test_shift_decoder_at_init(tiny_unet):
+    dec = ShiftDecoder(copy.deepcopy(tiny_unet), latent_dim=16)
+    x, t = torch.randn(4, 3, 16, 16), torch.tensor([0, 10, 500, 999])
+    eps, g = dec(x, t, torch.randn(4, 16))
+    # eps is the frozen DM's own prediction and G is exactly zero (zero-initialised output conv)
+    torch.testing.assert_close(eps, tiny_unet.eval()(x, t).sample, rtol=0, atol=1e-6)
+    assert torch.equal(g, torch.zeros_like(g))
+    assert not eps.requires_grad
+    wrapped = [m for m in dec.modules() if isinstance(m, ZResnetBlock)]
+    assert len(wrapped) == sum(len(b.resnets) for b in dec.up_blocks) + len(dec.mid_block.resnets)
+
+
+def test_trainable_parameters_exclude_the_dm(tiny_unet):
+    model = make_model(tiny_unet)
+    trainable = {id(p) for p in model.trainable_parameters()}
+    assert not any(id(p) in trainable for p in model.dm.parameters())
+    assert all(not p.requires_grad for p in model.dm.parameters())
+    assert not any(k.startswith("decoder.dm.") for k in model.trainable_state_dict())
+    model.train()
+    assert not model.dm.training  # the frozen DM stays in eval mode
+
+
+@pytest.mark.parametrize("mode", ["base", "stop_grad", "dual"])
+def test_training_steps_keep_dm_frozen_and_reach_the_encoder(tiny_unet, mode):
+    """Frozen DM weights are bit-identical after training steps; the encoder gets non-zero gradient.
+
+    At step 0 the zero-initialised output conv blocks every gradient upstream of it, so the encoder's
+    gradient is checked at the second step, after that conv has moved.
+    """
+    model = make_model(tiny_unet, mode).train()
+    dm_before = {k: v.clone() for k, v in model.dm.state_dict().items()}
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-3)
+    x0 = torch.rand(8, 3, 16, 16) * 2 - 1
+    grads = []
+    for _ in range(3):
+        out = model(x0, torch.randint(0, 1000, (8,)), torch.randn_like(x0))
+        assert out.per_sample.shape == (8,) and out.t.shape == (8,)
+        opt.zero_grad()
+        out.mean.backward()
+        assert all(p.grad is None for p in model.dm.parameters())
+        grads.append(sum(p.grad.abs().sum().item() for p in model.encoder.parameters()))
+        opt.step()
+    assert grads[0] == 0.0 and grads[1] > 0 and grads[2] > 0
+    for k, v in model.dm.state_dict().items():
+        assert torch.equal(v, dm_before[k]), k
+
+
+def test_dual_sums_both_losses(tiny_unet):
+    model = make_model(tiny_unet, "dual")
+    # give G a non-zero output so both passes contribute
+    torch.nn.init.normal_(model.decoder.conv_out.weight, std=0.1)
+    x0, t = torch.rand(4, 3, 16, 16) * 2 - 1, torch.tensor([5, 300, 600, 900])
+    noise = torch.randn_like(x0)
+    dual = model(x0, t, noise).per_sample
+    model.mode = "base"
+    base = model(x0, t, noise).per_sample
+    model.mode = "stop_grad"
+    sg = model(x0, t, noise).per_sample
+    torch.testing.assert_close(dual, base + sg)
+
+
+def test_unsupported_dm_is_rejected():
+    from diffusers import UNet2DModel
+
+    unet = UNet2DModel(sample_size=16, block_out_channels=(16, 32), down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8, num_class_embeds=3)
+    with pytest.raises(ValueError, match="class-conditional"):
+        ShiftDecoder(unet, 8)
+
+
+def test_eps_fn_without_code_is_the_dm(tiny_unet):
+    model = make_model(tiny_unet).eval()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 700])
+    torch.testing.assert_close(model.eps_fn(None)(x, t), tiny_unet(x, t).sample)
+    # at initialisation G = 0, so the shifted predictor equals the DM too
+    torch.testing.assert_close(model.eps_fn(torch.randn(2, 16))(x, t), tiny_unet(x, t).sample)
