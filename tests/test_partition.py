@@ -110,3 +110,10 @@ def test_table_and_json():
     table = p.format_table()
     assert "0-249" in table and "12-15" in table and "balanced" in table
     assert p.to_json() == {"chunk_end_dims": [4, 8, 12, 16], "chunk_of_t": [t // 250 for t in range(1000)]}
+
+
+def test_balanced_end_dims_do_not_lose_a_dim_to_float_rounding():
+    # int(97 / 21 * 21) == 96 in floating point; the last chunk must still end at d
+    p = Partition(97, 21, 100)
+    assert p.chunk_end_dims[-1] == 97
+    assert p.chunk_end_dims == [int(97 * (i + 1) / 21) for i in range(20)] + [97]

@@ -6,7 +6,7 @@ of attributes lost by t). k = 1 is PDAE: every dim at every t.
 
 This module reproduces the official DiTi algorithm exactly (PAPER.md, "The partition"):
 - chunk_of_t[t] = int(t / (T / k)) (float division);
-- balanced: end(i) = int(d / k * (i + 1));
+- balanced: end(i) = int(d / k * (i + 1)), computed as (d * (i + 1)) // k so float rounding never drops a dim;
 - imbalanced: stages s_1 < ... < s_m = T with dims D_1..D_m (sum d); a chunk belongs to the stage holding its
   first time-step; in a stage of n chunks and D dims each chunk gets floor(D / n) dims and the stage's last
   chunk takes the remainder, so every stage ends at cumsum(D).
@@ -69,7 +69,9 @@ class Partition:
     def chunk_end_dims(self) -> list[int]:
         """end(i): chunk i covers dims [end(i-1), end(i)), end(-1) = 0, end(k-1) = d."""
         if self.stages is None:
-            return [int(self.latent_dim / self.k * (i + 1)) for i in range(self.k)]
+            # the official int(d / k * (i + 1)) in exact integer arithmetic: the float product can fall just
+            # below an integer (d=97, k=21: 96.99999...) and lose the last dim
+            return [self.latent_dim * (i + 1) // self.k for i in range(self.k)]
         ends: list[int] = []
         start = 0
         for j, dims in enumerate(self.dims_per_stage):
