@@ -6,11 +6,11 @@ from safetensors.torch import load_file
 
 from diti.config import DiTiConfig, build_config
 from diti.diffusion.schedule import NoiseSchedule
+from diti.errors import TrainingDiverged
 from diti.models.dm import save_dm
 from diti.training.checkpoint import latest_checkpoint, list_checkpoints
 from diti.training.jobs import load_diti_run, train_diti
 from diti.training.randomness import GlobalBatchSampler, global_batch_indices, step_noise
-from diti.training.trainer import TrainingDiverged
 
 
 @pytest.fixture

@@ -12,14 +12,24 @@ import numpy as np
 import torch
 
 
+def derive_seed(*key: int) -> int:
+    """A 63-bit seed from a tuple of non-negative ints (mixed by numpy's SeedSequence)."""
+    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def generator(*key: int) -> torch.Generator:
-    """A CPU torch.Generator seeded from a tuple of non-negative ints (mixed by numpy's SeedSequence)."""
-    seed = int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator().manual_seed(seed)
+    """A CPU torch.Generator seeded from a tuple of non-negative ints."""
+    return torch.Generator().manual_seed(derive_seed(*key))
 
 
-# distinct stream tags so data order and noise never share a sequence
-DATA, NOISE = 1, 2
+# distinct stream tags so data order, noise and the global RNG never share a sequence
+DATA, NOISE, GLOBAL = 1, 2, 3
+
+
+def seed_step(seed: int, step: int, rank: int) -> None:
+    """Seed torch's global RNGs for one step of one process (dropout, if a model has any): resume then needs
+    no RNG state, and processes draw different dropout masks."""
+    torch.manual_seed(derive_seed(seed, GLOBAL, step, rank))
 
 
 def global_batch_indices(n: int, batch: int, step: int, seed: int) -> torch.Tensor:

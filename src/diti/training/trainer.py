@@ -22,13 +22,10 @@ from tqdm.auto import tqdm
 
 from ..config.schema import TrainConfig
 from ..data import collate_images
+from ..errors import CheckpointSaveError, TrainingDiverged
 from .checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
 from .ema import EMA
-from .randomness import GlobalBatchSampler, micro_slice, step_noise
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+from .randomness import GlobalBatchSampler, micro_slice, seed_step, step_noise
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -103,11 +100,18 @@ class Trainer:
 
     def save(self) -> Path:
         state = {"loss_sum": self.loss_sum.tolist(), "loss_count": self.loss_count.tolist()}
-        path = save_checkpoint(
-            self.ckpt_dir, self.step, self.module.trainable_state_dict(), self.ema_state_dict(),
-            self.optimizer.state_dict(), state, keep=self.cfg.keep_checkpoints,
-        )
-        self.write_loss_per_t()
+        try:
+            path = save_checkpoint(
+                self.ckpt_dir, self.step, self.module.trainable_state_dict(), self.ema_state_dict(),
+                self.optimizer.state_dict(), state, keep=self.cfg.keep_checkpoints,
+            )
+            self.write_loss_per_t()
+        except OSError as err:
+            previous = latest_checkpoint(self.ckpt_dir)
+            raise CheckpointSaveError(
+                f"could not write the checkpoint of step {self.step} to {self.ckpt_dir}: "
+                f"{err.strerror or err}; the previous checkpoint ({previous or 'none'}) is intact"
+            ) from err
         return path
 
     def write_loss_per_t(self) -> None:
@@ -136,6 +140,7 @@ class Trainer:
         window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
         model.train()
         while self.step < cfg.steps:
+            seed_step(cfg.seed, self.step, acc.process_index)
             t_all, noise_all, flip_all = step_noise(cfg.batch_size, sample_shape, self.timesteps, self.step, cfg.seed)
             step_loss = torch.zeros((), device=device)
             for a in range(cfg.grad_accum_steps):

@@ -1,0 +1,209 @@
+"""Reliability: SIGKILL + resume is exact, bad input is refused with a message naming it, nothing half-written."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+from diti.config import DiTiConfig, build_config
+from diti.diffusion.schedule import NoiseSchedule
+from diti.errors import CheckpointSaveError
+from diti.models.dm import load_dm, save_dm
+from diti.partition import Partition, chunk_first_timesteps
+from diti.training import checkpoint as ckpt_module
+from diti.training.checkpoint import latest_checkpoint, list_checkpoints
+from diti.training.jobs import load_diti_run, train_diti
+
+
+@pytest.fixture
+def random_dm(tmp_path, tiny_unet):
+    return save_dm(tiny_unet, tmp_path / "dm", NoiseSchedule())
+
+
+def quick_cfg(dm, data, *overrides):
+    return build_config(DiTiConfig, "shapes-quick", overrides=[
+        f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", "train.progress=false", *overrides])
+
+
+def snapshot(ckpt_dir):
+    """{file: bytes} of every checkpoint file, to show nothing was touched."""
+    return {p.relative_to(ckpt_dir): p.read_bytes() for p in sorted(ckpt_dir.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_identical(tmp_path, random_dm, shapes16):
+    """A training process killed with SIGKILL mid-run and resumed ends with the same weights as an
+    uninterrupted run of the same seed (CPU)."""
+    steps = 120
+    base = [sys.executable, "-m", "diti", "train", "--preset", "shapes-quick", "--dm", str(random_dm),
+            "--data", str(shapes16), "--steps", str(steps), "-s", "train.checkpoint_every=10",
+            "-s", "train.progress=false", "-s", "train.keep_checkpoints=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*base, "--out", str(tmp_path / "full")], check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*base, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        latest = latest_checkpoint(killed / "checkpoints")
+        if latest is not None and latest.name >= "step-00000030":
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = latest_checkpoint(killed / "checkpoints").name
+    assert stopped_at < f"step-{steps:08d}", "the run finished before it could be killed"
+    subprocess.run([*base, "--out", str(killed), "--resume"], check=True, env=env, capture_output=True)
+
+    final = f"checkpoints/step-{steps:08d}"
+    for name in ("model", "ema", "optimizer"):
+        a = load_file(tmp_path / "full" / final / f"{name}.safetensors")
+        b = load_file(killed / final / f"{name}.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), (name, stopped_at)
+    # the log was truncated to the checkpoint and continued: one line per logged step, no duplicates
+    steps_logged = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps_logged == sorted(set(steps_logged))
+
+
+def test_no_space_left_leaves_no_corrupt_checkpoint(tmp_path, random_dm, shapes16, monkeypatch):
+    run = train_diti(quick_cfg(random_dm, shapes16, "train.steps=2", "train.checkpoint_every=2"), tmp_path / "run")
+    before = snapshot(run / "checkpoints")
+    calls = {"n": 0}
+    original = ckpt_module.save_file
+
+    def full_disk(tensors, path, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == 2:  # fail in the middle of a checkpoint, after one file was written
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(ckpt_module, "save_file", full_disk)
+    with pytest.raises(CheckpointSaveError, match=r"step 4 .*No space left on device.*step-00000002.* is intact"):
+        train_diti(quick_cfg(random_dm, shapes16, "train.steps=4", "train.checkpoint_every=2"), run, resume=True)
+    assert snapshot(run / "checkpoints") == before  # no new folder, no .tmp left, pointer unchanged
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000002"]
+    load_diti_run(run)  # still loadable
+
+
+def test_incompatible_run_version_is_refused(tmp_path, random_dm, shapes16):
+    run = train_diti(quick_cfg(random_dm, shapes16, "train.steps=1"), tmp_path / "run")
+    meta = json.loads((run / "meta.json").read_text())
+    meta.update(run_format=99, diti_version="9.0")
+    (run / "meta.json").write_text(json.dumps(meta))
+    before = snapshot(run / "checkpoints")
+    with pytest.raises(ValueError, match=r"written by diti 9.0 with run format 99"):
+        load_diti_run(run)
+    with pytest.raises(ValueError, match=r"run format 99"):
+        train_diti(quick_cfg(random_dm, shapes16, "train.steps=2"), run, resume=True)
+    assert snapshot(run / "checkpoints") == before
+
+
+def test_dm_that_does_not_fit_the_data(tmp_path, shapes16):
+    from diti.config import UNetConfig
+    from diti.models.dm import build_unet
+
+    cfg = UNetConfig(block_out_channels=[16, 32], attention_levels=[], norm_num_groups=8)
+    dm32 = save_dm(build_unet(cfg, 32), tmp_path / "dm32", NoiseSchedule())
+    with pytest.raises(ValueError, match=r"the data \(3 channels, 16px\) does not fit the DM \(3 channels, 32px\)"):
+        train_diti(quick_cfg(dm32, shapes16, "train.steps=1", "data.resolution=16"), tmp_path / "run")
+    gray = build_unet(cfg, 16)
+    gray.register_to_config(in_channels=1, out_channels=1)
+    gray.conv_in = torch.nn.Conv2d(1, 16, 3, padding=1)
+    gray.conv_out = torch.nn.Conv2d(16, 1, 3, padding=1)
+    dm1 = save_dm(gray, tmp_path / "dm1", NoiseSchedule())
+    with pytest.raises(ValueError, match=r"does not fit the DM \(1 channels, 16px\)"):
+        train_diti(quick_cfg(dm1, shapes16, "train.steps=1"), tmp_path / "run1")
+
+
+def test_dm_with_a_different_schedule_is_refused(tmp_path, tiny_unet):
+    dm = save_dm(tiny_unet, tmp_path / "dm", NoiseSchedule(1000, 1e-4, 0.012))
+    with pytest.raises(ValueError, match=r"beta_end=0.012 \(ours 0.02\)"):
+        load_dm(dm, NoiseSchedule())
+
+
+class _Exploit:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_code_in_a_dm_is_refused(tmp_path, tiny_unet):
+    """A DM folder whose .bin weights carry a pickled object that would run code is refused."""
+    folder = tmp_path / "evil"
+    tiny_unet.save_pretrained(folder, safe_serialization=False)
+    marker = tmp_path / "pwned"
+    state = dict(torch.load(folder / "diffusion_pytorch_model.bin", weights_only=True))
+    state["payload"] = _Exploit(str(marker))
+    torch.save(state, folder / "diffusion_pytorch_model.bin")
+    with pytest.raises(Exception, match=r"(?i)weights_only|unsupported|pickle|global"):
+        load_dm(folder)
+    assert not marker.exists()
+
+
+def test_configs_are_data_not_code(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train: !!python/object/apply:os.system ['touch " + str(tmp_path / "pwned") + "']\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        build_config(DiTiConfig, file=f)
+    assert not (tmp_path / "pwned").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+@st.composite
+def partitions(draw):
+    timesteps = draw(st.sampled_from([10, 100, 1000]))
+    k = draw(st.integers(1, min(timesteps, 64)))
+    if draw(st.booleans()):
+        d = draw(st.integers(k, 256))
+        return Partition(d, k, timesteps)
+    m = draw(st.integers(1, min(k, 5)))
+    # stage boundaries just after chunk starts, so that every stage holds at least one chunk's first step
+    firsts = chunk_first_timesteps(k, timesteps)
+    cuts = sorted(draw(st.sets(st.sampled_from(firsts[1:]), min_size=m - 1, max_size=m - 1))) if k > 1 else []
+    stages = [*cuts, timesteps]
+    dims = draw(st.lists(st.integers(1, 64), min_size=len(stages), max_size=len(stages)))
+    return Partition(sum(dims), k, timesteps, stages, dims)
+
+
+@settings(max_examples=150, deadline=None)
+@given(partitions())
+def test_partition_properties(p):
+    ends, starts = p.chunk_end_dims, p.chunk_start_dims
+    # chunks tile [0, d) exactly, in order
+    assert starts[0] == 0 and ends[-1] == p.latent_dim
+    assert all(a <= b for a, b in zip(starts, ends, strict=True)) and starts[1:] == ends[:-1]
+    # every stage ends at cumsum(dims)
+    for (lo, hi), j in zip(p.stage_dim_ranges, range(p.num_stages), strict=True):
+        chunks = [c for c in range(p.k) if p.stage_of_chunk[c] == j]
+        assert chunks and starts[chunks[0]] == lo and ends[chunks[-1]] == hi
+    cum, prev, cur = p.masks()
+    # masks are cumulative in t; stop_grad's masks split the used dims into earlier chunks and the current one
+    assert torch.all(cum[1:] >= cum[:-1])
+    assert torch.equal(prev + cur, cum) and torch.all(prev * cur == 0)
+    assert torch.all(cum[-1] == 1)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 128), st.sampled_from([10, 1000]))
+def test_k1_equals_pdae(d, timesteps):
+    p = Partition(d, 1, timesteps)
+    z = torch.randn(3, d)
+    t = torch.randint(0, timesteps, (3,))
+    assert torch.equal(p.apply(z, t, "base"), z) and torch.equal(p.apply(z, t, "stop_grad"), z)
