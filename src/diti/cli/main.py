@@ -9,6 +9,7 @@ import typer
 
 from ..config import DiTiConfig, PretrainConfig, build_config
 from ..config.loader import ConfigError
+from ..errors import CheckpointSaveError, TrainingDiverged
 
 app = typer.Typer(
     help="DiTi and PDAE: disentangled representations from the time-steps of a frozen diffusion model.",
@@ -28,7 +29,9 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(2)
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ConfigError)
+# Errors that end a command with one line (exit 2) instead of a traceback: bad input, or a failure the
+# message fully explains (diverged loss, checkpoint that could not be written).
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ConfigError, TrainingDiverged, CheckpointSaveError)
 
 
 def _int_list(text: str | None, what: str) -> list[int] | None:
@@ -141,6 +144,53 @@ def encode(
     except USER_ERRORS as err:
         _fail(err)
     typer.echo(f"encoded {len(features)} images to {features.shape[1]} dims: " + ", ".join(map(str, written)))
+
+
+@app.command()
+def probe(
+    run: Path = typer.Argument(None, help="A `diti train` run folder (encode --data with its EMA encoder)."),
+    data: Path = typer.Option(None, help="Data folder with an attribute table (with RUN)."),
+    features: Path = typer.Option(None, help="Saved train features (.npy/.safetensors) instead of RUN + --data."),
+    test_features: Path = typer.Option(None, help="Saved test features (with --features)."),
+    valid_features: Path = typer.Option(None, help="Saved validation features (optional)."),
+    train_split: str = typer.Option("train", help="Split to fit the probe on."),
+    test_split: str = typer.Option("test", help="Split to report."),
+    valid_split: str = typer.Option(None, help="Split to choose the epoch on (default: 10% held out of train)."),
+    task: str = typer.Option("auto", help="auto, multiclass, binary or regression."),
+    columns: str = typer.Option(None, help="Comma-separated attribute names to probe (default: all)."),
+    epochs: int = typer.Option(15, help="Epochs (official: 15)."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate (official: 1e-3)."),
+    batch_size: int = typer.Option(128, help="Batch size (official: 128 CelebA, 64 LFW)."),
+    hflip: bool = typer.Option(False, help="Flip augmentation of the training images (official for CelebA)."),
+    seed: int = typer.Option(0, help="Seed of the probe and the validation hold-out."),
+    device: str = typer.Option("cpu", help="cpu, cuda, ..."),
+    out: Path = typer.Option(None, help="JSON output (default RUN/eval/probe.json)."),
+):
+    """Linear probes on frozen features: per-attribute AP/accuracy or Pearson r/MSE, JSON + table."""
+    from ..evaluation.features import load_features
+    from ..evaluation.runs import probe_features, probe_run
+
+    kwargs = dict(task=task, columns=columns.split(",") if columns else None, epochs=epochs, lr=lr,
+                  batch_size=batch_size, seed=seed)
+    try:
+        if run is not None:
+            if data is None:
+                raise ValueError("--data is required with a run folder")
+            result = probe_run(run, data, train_split, test_split, valid_split, device=device, hflip=hflip, **kwargs)
+        else:
+            if features is None or test_features is None:
+                raise ValueError("give a RUN folder with --data, or --features and --test-features")
+            valid = load_features(valid_features) if valid_features else None
+            result = probe_features(load_features(features), load_features(test_features), valid, device=device,
+                                    **kwargs)
+        if out is not None or run is None:
+            if out is None:
+                raise ValueError("--out is required with --features")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result.to_dict(), indent=2))
+    except USER_ERRORS as err:
+        _fail(err)
+    typer.echo(result.format_table())
 
 
 @app.command()

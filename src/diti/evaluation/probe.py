@@ -4,7 +4,8 @@ One Linear(d, outputs) trained with Adam (lr 1e-3) for 15 epochs on the raw feat
 validation split (never on test) and the test metrics of that epoch are reported.
 
 Tasks:
-- ``multiclass``: one softmax head per attribute (integer class codes), cross-entropy; accuracy per attribute.
+- ``multiclass``: one softmax head per attribute (integer class codes), cross-entropy; accuracy and macro
+  one-vs-rest AP per attribute.
 - ``binary``: one logit per attribute (labels 0/1, or -1/1), BCE; AP (sklearn average_precision_score) and
   accuracy per attribute. CelebA's 40 attributes are this task.
 - ``regression``: one output per attribute, MSE; Pearson r and MSE per attribute (LFW's 73 attributes).
@@ -79,19 +80,25 @@ def linear_probe(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    train_flipped: np.ndarray | None = None,
 ) -> ProbeResult:
     """Train a linear probe on (features (N, d), labels (N, A)) and report test metrics at the best valid epoch.
 
     Without ``valid``, a seeded ``valid_fraction`` of ``train`` is held out for the epoch selection.
+    ``train_flipped``: features of the horizontally flipped training images; each epoch every sample uses
+    them with probability 1/2 (the official CelebA protocol's flip augmentation).
     """
     if task not in TASKS:
         raise ValueError(f"unknown probe task {task!r}; expected one of {TASKS}")
     (x_tr, y_tr), (x_te, y_te) = train, test
     _check(x_tr, y_tr, "train")
     _check(x_te, y_te, "test")
+    if train_flipped is not None and train_flipped.shape != x_tr.shape:
+        raise ValueError(f"train_flipped has shape {train_flipped.shape}, train features {x_tr.shape}")
     if valid is None:
         tr_idx, va_idx = split_validation(len(x_tr), valid_fraction, seed)
         (x_tr, y_tr), valid = (x_tr[tr_idx], y_tr[tr_idx]), (x_tr[va_idx], y_tr[va_idx])
+        train_flipped = None if train_flipped is None else train_flipped[tr_idx]
     _check(*valid, "valid")
     num_attrs = y_tr.shape[1]
     names = list(names) if names is not None else [f"attr{i}" for i in range(num_attrs)]
@@ -108,13 +115,18 @@ def linear_probe(
     probe = nn.Linear(x_tr.shape[1], out_dim).to(device)
     opt = torch.optim.Adam(probe.parameters(), lr=lr)
     xt = torch.as_tensor(x_tr, dtype=torch.float32, device=device)
+    xf = None if train_flipped is None else torch.as_tensor(train_flipped, dtype=torch.float32, device=device)
     yt = torch.as_tensor(y_tr, dtype=torch.long if classes else torch.float32, device=device)
     gen = torch.Generator().manual_seed(seed)
     best, best_epoch, best_state, curve = -np.inf, 0, None, []
     for epoch in tqdm(range(1, epochs + 1), desc="probe", disable=not progress, leave=False):
         probe.train()
         for idx in torch.randperm(len(xt), generator=gen).split(batch_size):
-            loss = _loss(probe(xt[idx]), yt[idx], task, classes)
+            xb = xt[idx]
+            if xf is not None:
+                flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
+                xb = torch.where(flip[:, None], xf[idx], xb)
+            loss = _loss(probe(xb), yt[idx], task, classes)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -157,7 +169,8 @@ def _evaluate(probe, data, task, classes, names, device) -> tuple[dict[str, dict
     per: dict[str, dict[str, float]] = {}
     if task == "multiclass":
         for i, head in enumerate(_split_heads(out, classes)):
-            per[names[i]] = {"accuracy": float((head.argmax(1).numpy() == y[:, i]).mean())}
+            per[names[i]] = {"ap": _macro_ap(torch.softmax(head, 1).numpy(), y[:, i]),
+                             "accuracy": float((head.argmax(1).numpy() == y[:, i]).mean())}
     elif task == "binary":
         prob = torch.sigmoid(out).numpy()
         for i, name in enumerate(names):
@@ -171,6 +184,12 @@ def _evaluate(probe, data, task, classes, names, device) -> tuple[dict[str, dict
     metrics = next(iter(per.values())).keys()
     mean = {m: float(np.nanmean([per[n][m] for n in names])) for m in metrics}
     return per, mean
+
+
+def _macro_ap(prob: np.ndarray, y: np.ndarray) -> float:
+    """One-vs-rest AP per class, averaged over the classes present in ``y``."""
+    aps = [average_precision_score(y == c, prob[:, c]) for c in range(prob.shape[1]) if (y == c).any()]
+    return float(np.mean(aps)) if aps else float("nan")
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
