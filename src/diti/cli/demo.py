@@ -17,7 +17,7 @@ import numpy as np
 import typer
 
 from ..config import DiTiConfig, PretrainConfig, build_config, to_dict
-from ..data import generate_shapes, open_dataset
+from ..data import generate_shapes
 from ..evaluation.features import encode_dataset, save_features
 from ..evaluation.probe import linear_probe
 from ..training.jobs import load_diti_run, pretrain, train_diti
@@ -79,7 +79,7 @@ def run_demo(out: str | Path, data_seed: int = 0, steps: int | None = None, quic
             model, cfg = load_diti_run(run)
             features[method] = {}
             for split in ("train", "test"):
-                ds = open_dataset(data, split, cfg.data.resolution)
+                ds = cfg.data.open(split)
                 z = encode_dataset(model.encoder, ds, progress=not quick)
                 save_features(run / f"features_{split}.npy", z, ds.attributes)
                 features[method][split] = (z, ds.attributes)

@@ -132,13 +132,12 @@ def encode(
     raw: bool = typer.Option(False, help="Use the raw weights instead of the EMA weights."),
 ):
     """Features z of a data set with the run's (EMA) encoder."""
-    from ..data import open_dataset
     from ..evaluation.features import encode_dataset, save_features
     from ..training.jobs import load_diti_run
 
     try:
         model, cfg = load_diti_run(run, device=device, ema=not raw)
-        dataset = open_dataset(data, split, cfg.data.resolution)
+        dataset = cfg.data.open(split, data)
         features = encode_dataset(model.encoder, dataset, batch_size=batch_size, device=device)
         written = save_features(out, features, dataset.attributes)
     except USER_ERRORS as err:

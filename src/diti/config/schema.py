@@ -77,13 +77,30 @@ class UNetConfig:
 
 @dataclass
 class DataConfig:
-    """Where the training images come from. resolution None = the DM's sample size."""
+    """Where the training images come from. resolution None = the DM's sample size; format None = detected
+    from the folder (diti-array, celeba, lfw, lmdb, image-folder); attributes: an attribute table that
+    replaces the format's own."""
 
     path: str | None = None
     split: str = "train"
     resolution: int | None = None
+    format: str | None = None
+    attributes: str | None = None
     hflip: bool = False
     num_workers: int = 0
+
+    def open(self, split: str | None = None, path: str | None = None):
+        """The data set of ``split`` (default: the training split) at this config's resolution.
+
+        With another ``path``, the format is detected there rather than taken from this config.
+        """
+        from ..data import open_dataset
+
+        same = path is None or str(path) == str(self.path)
+        return open_dataset(
+            self.path if path is None else path, split or self.split, self.resolution,
+            attributes=self.attributes if same else None, format=self.format if same else None,
+        )
 
 
 @dataclass
@@ -107,6 +124,8 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     grad_accum_steps: int = 1
+    compile: bool = False  # torch.compile the training module (checkpoints stay uncompiled weights)
+    channels_last: bool = False  # NHWC memory format for the models and images (a GPU speed option)
     progress: bool = True
 
     def validate(self) -> None:
@@ -127,6 +146,8 @@ class TrainConfig:
             raise ConfigError(f"train.adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.device == "cpu" and self.mixed_precision == "fp16":
+            raise ConfigError("train.mixed_precision=fp16 needs a GPU; use bf16 on CPU")
         if self.batch_size % self.grad_accum_steps:
             raise ConfigError(
                 f"train.batch_size={self.batch_size} is not divisible by grad_accum_steps={self.grad_accum_steps}"

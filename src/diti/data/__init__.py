@@ -1,29 +1,46 @@
-"""diti.data: image data sets behind one ``open_dataset``, attribute tables, and the procedural shapes set."""
+"""diti.data: image data sets behind one ``open_dataset`` (a table of format specs), attribute tables, and the
+procedural shapes set."""
 
 from .datasets import (
     ArrayImageDataset,
     Attributes,
     ImageDataset,
     ImageFolderDataset,
+    LMDBDataset,
     collate_images,
-    detect_format,
     load_image,
+)
+from .formats import (
+    FORMATS,
+    FormatSpec,
+    describe_formats,
+    detect_format,
     open_dataset,
+    read_celeba_attributes,
+    read_celeba_partition,
+    read_lfw_attributes,
 )
 from .shapes import SHAPES_FACTORS, Factor, generate_shapes, render_shapes, sample_factors
 
 __all__ = [
+    "FORMATS",
     "SHAPES_FACTORS",
     "ArrayImageDataset",
     "Attributes",
     "Factor",
+    "FormatSpec",
     "ImageDataset",
     "ImageFolderDataset",
+    "LMDBDataset",
     "collate_images",
+    "describe_formats",
     "detect_format",
     "generate_shapes",
     "load_image",
     "open_dataset",
+    "read_celeba_attributes",
+    "read_celeba_partition",
+    "read_lfw_attributes",
     "render_shapes",
     "sample_factors",
 ]

@@ -1,14 +1,14 @@
-"""Image data sets: one generic loader for every format, and the attribute table that goes with the images.
+"""Image data sets: the dataset classes every format is opened with, and the attribute table that goes with
+them.
 
-Formats, detected by ``detect_format`` and opened by ``open_dataset``:
+Three classes serve every format; the formats themselves (which files, which split, which crop) are a table of
+specs in ``diti.data.formats`` (``FORMATS``, ``detect_format``, ``open_dataset``, ``describe_formats``):
 
-- ``diti-array``: a folder with ``dataset.json`` (``"format": "diti-array"``) and, per split,
-  ``<split>/images.npy`` (N, R, R, 3) uint8 and ``<split>/factors.csv`` (``index,<names>``, integer codes,
-  class names in ``dataset.json``). ``diti.data.shapes.generate_shapes`` writes it.
-- ``image-folder``: a folder of images (png, jpg, jpeg, bmp, webp, searched recursively). When it has
-  ``train/``, ``valid/``, ``val/``, ``validation/`` or ``test/`` sub-folders, each is a split; otherwise the
-  whole folder is the data set, whatever split is asked for. An optional ``attributes.csv`` in the (split)
-  folder has a ``file`` column (paths relative to that folder) and one numeric column per attribute.
+- ``ArrayImageDataset``: the ``diti-array`` format (``images.npy`` per split, written by ``generate_shapes``).
+- ``ImageFolderDataset``: a list of image files under a folder (found recursively, or given explicitly, as the
+  CelebA and LFW specs do), each centre-cropped (or cropped to a fixed box) and resized to the resolution.
+- ``LMDBDataset``: encoded images in an LMDB environment (diffae / PDAE keys ``<prefix>-<index>``, or any
+  keys).
 
 Every data set yields float32 images (3, R, R) in [-1, 1]. ``__getitems__`` returns a whole batch
 (B, 3, R, R) at once, so a DataLoader needs ``collate_fn=collate_images`` (torch's default collate cannot
@@ -18,7 +18,11 @@ take a ready tensor).
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import json
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+# (left, top, right, bottom) pixel box; PIL's order
+Box = tuple[int, int, int, int]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SPLIT_DIRS = ("train", "valid", "val", "validation", "test")
@@ -292,12 +299,17 @@ class ArrayImageDataset(ImageDataset):
 
 
 class ImageFolderDataset(ImageDataset):
-    """Every image under ``root`` (recursively, sorted by relative path; hidden files skipped), resized so the
-    shorter side is ``resolution`` and centre-cropped.
+    """Image files under ``root``, each centre-cropped to a square (or cropped to ``box``) and resized to
+    ``resolution`` (PIL bicubic, antialiased when shrinking). Images are decoded lazily, on access.
 
-    ``attributes``: a CSV path, an Attributes table in file order, or None for ``<root>/attributes.csv`` when
+    ``files``: the images, as POSIX paths relative to ``root``, in data set order; None lists every image
+    under ``root`` (recursively, sorted by relative path; hidden files skipped). An explicit list is not
+    checked at open (the format specs check it against the folder); a missing file fails on access, named.
+    ``box``: (left, top, right, bottom) cropped from every image before the centre-square fit and resize
+    (CelebA's official crop); an image the box does not fit in fails on access, named.
+    ``attributes``: an Attributes table in file order, a CSV path, or None for ``<root>/attributes.csv`` when
     it exists. The CSV has a ``file`` column (paths relative to ``root``) and numeric columns; every image
-    needs a row, rows without an image are ignored. Images are decoded lazily, on access.
+    needs a row, rows without an image are ignored.
     """
 
     def __init__(
@@ -306,15 +318,18 @@ class ImageFolderDataset(ImageDataset):
         resolution: int,
         attributes: str | Path | Attributes | None = None,
         name: str | None = None,
+        files: Sequence[str] | None = None,
+        box: Box | None = None,
     ):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder not found: {root}")
         if resolution is None or resolution < 1:
             raise ValueError(f"an image folder needs a resolution >= 1, got {resolution}")
-        self.files = list_images(root)
+        self.files = list_images(root) if files is None else [Path(f).as_posix() for f in files]
         if not self.files:
             raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
+        self.box = _check_box(box)
         if attributes is None and (root / "attributes.csv").is_file():
             attributes = root / "attributes.csv"
         if isinstance(attributes, (str, Path)):
@@ -325,7 +340,192 @@ class ImageFolderDataset(ImageDataset):
         return len(self.files)
 
     def images(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        return np.stack([load_image(self.root / self.files[i], self.resolution) for i in np.asarray(indices)])
+        return np.stack(
+            [load_image(self.root / self.files[i], self.resolution, self.box) for i in np.asarray(indices)]
+        )
+
+
+class LMDBDataset(ImageDataset):
+    """Encoded images (PNG, JPEG, WEBP, ...) stored as the values of an LMDB environment folder ``root``
+    (``data.mdb`` + ``lock.mdb``), each centre-cropped (or cropped to ``box``) and resized like an image
+    folder.
+
+    Two key layouts, told apart by a ``length`` record:
+
+    - ``indexed`` (diffae's ``BaseLMDB``, PDAE / DiTi): ``length`` holds the number of images as ASCII digits
+      and image i is stored under ``<prefix>-<i zero-filled>``, e.g. ``256-00000`` (FFHQ, PDAE's CelebA 64:
+      the stored resolution, 5 digits) or ``None-0000000`` (diffae's CelebA: 7 digits). Prefix and width are
+      read from the first such key; numbering from 0 (diffae) or 1 is detected.
+    - ``keys`` (no ``length`` record, e.g. LSUN's official ``bedroom_train_lmdb``): every key is an image, in
+      LMDB's byte-sorted key order; the key list is read once at open (one cursor pass, a few seconds for
+      LSUN Bedroom's 3M keys) and kept in memory.
+
+    ``indices``: the records this data set exposes, in order (a split of the environment); None = all.
+    ``attributes``: an Attributes table aligned with the exposed items, or None.
+
+    The environment is opened read-only (``lock=False``, ``readahead=False``) lazily, once per process and
+    shared by every data set on it (``lmdb_environment``); the data set holds no handle, so it pickles, and a
+    DataLoader worker (forked or spawned) reads through an environment of its own.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        resolution: int,
+        attributes: Attributes | None = None,
+        name: str | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        box: Box | None = None,
+    ):
+        root = Path(root)
+        if not (root / "data.mdb").is_file():
+            raise FileNotFoundError(f"not an LMDB environment folder (no data.mdb): {root}")
+        if resolution is None or resolution < 1:
+            raise ValueError(f"an LMDB data set needs a resolution >= 1, got {resolution}")
+        self.root = root
+        self.box = _check_box(box)
+        with self._environment().begin(write=False) as txn:
+            self.key_style, self._key_format, self._keys, self.num_records = _lmdb_layout(root, txn)
+        if indices is None:
+            self.indices = np.arange(self.num_records, dtype=np.int64)
+        else:
+            self.indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+            bad = (self.indices < 0) | (self.indices >= self.num_records)
+            if bad.any():
+                raise ValueError(
+                    f"{root}: record index {self.indices[np.argmax(bad)]} out of range "
+                    f"for {self.num_records} records"
+                )
+        super().__init__(root, resolution, attributes, name or root.name)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def key(self, i: int) -> bytes:
+        """The LMDB key of item ``i``."""
+        record = int(self.indices[i])
+        if self._keys is not None:
+            return bytes(self._keys[record])
+        prefix, width, first = self._key_format
+        return f"{prefix}-{str(record + first).zfill(width)}".encode()
+
+    def images(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        out = []
+        with self._environment().begin(write=False) as txn:
+            for i in np.asarray(indices, dtype=np.int64):
+                key = self.key(int(i))
+                value = txn.get(key)
+                if value is None:
+                    raise ValueError(f"{self.root}: no record under key {key!r} (item {int(i)})")
+                out.append(decode_image(value, self.resolution, self.box, name=f"{self.root} key {key!r}"))
+        return np.stack(out)
+
+    def stored_size(self, i: int = 0) -> tuple[int, int]:
+        """(width, height) of the stored image of item ``i`` (reads only its header)."""
+        key = self.key(i)
+        with self._environment().begin(write=False) as txn:
+            value = txn.get(key)
+        if value is None:
+            raise ValueError(f"{self.root}: no record under key {key!r} (item {i})")
+        try:
+            with Image.open(io.BytesIO(value)) as im:
+                return im.size
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ValueError(f"cannot read image {self.root} key {key!r}: {err}") from None
+
+    def _environment(self):
+        return lmdb_environment(self.root)
+
+
+# The open LMDB environments of this process, by resolved path. py-lmdb refuses to open one environment twice
+# in a process, so every data set on it (train and test splits, a pickled copy) shares one; and LMDB forbids
+# using an environment across fork(), so a forked DataLoader worker closes what it inherited and opens its
+# own.
+_ENVIRONMENTS: dict[str, object] = {}
+_ENVIRONMENTS_PID = os.getpid()
+
+
+def lmdb_environment(root: str | Path):
+    """This process's read-only environment of the LMDB folder ``root`` (``lock=False``,
+    ``readahead=False``), opened on first use in each process."""
+    global _ENVIRONMENTS_PID
+    if _ENVIRONMENTS_PID != os.getpid():
+        for inherited in _ENVIRONMENTS.values():
+            inherited.close()  # in the child only: frees its copy and py-lmdb's "already open" mark
+        _ENVIRONMENTS.clear()
+        _ENVIRONMENTS_PID = os.getpid()
+    key = str(Path(root).resolve())
+    if key not in _ENVIRONMENTS:
+        _ENVIRONMENTS[key] = _open_lmdb_env(Path(root))
+    return _ENVIRONMENTS[key]
+
+
+def close_lmdb_environment(root: str | Path) -> None:
+    """Close this process's environment of ``root`` (e.g. before rewriting the LMDB); the data sets on it
+    reopen it on their next access."""
+    env = _ENVIRONMENTS.pop(str(Path(root).resolve()), None)
+    if env is not None and _ENVIRONMENTS_PID == os.getpid():
+        env.close()
+
+
+def _open_lmdb_env(root: Path):
+    try:
+        import lmdb  # optional: only LMDB data sets need it
+    except ImportError:
+        raise ImportError(f"the LMDB data set {root} needs the lmdb package: pip install lmdb") from None
+    try:
+        return lmdb.open(
+            str(root), readonly=True, lock=False, readahead=False, meminit=False, max_readers=256, subdir=True
+        )
+    except lmdb.Error as err:
+        raise ValueError(f"cannot open the LMDB environment {root}: {err}") from None
+
+
+_INDEXED_KEY = re.compile(rb"^(.+)-(\d+)$")
+
+
+def _lmdb_layout(root: Path, txn) -> tuple[str, tuple[str, int, int] | None, np.ndarray | None, int]:
+    """(key style, (prefix, width, first index) for ``indexed``, key array for ``keys``, record count)."""
+    raw = txn.get(b"length")
+    if raw is None:
+        keys = list(txn.cursor().iternext(keys=True, values=False))
+        if not keys:
+            raise ValueError(f"{root}: the LMDB environment is empty")
+        if any(k.endswith(b"\0") for k in keys):
+            raise ValueError(f"{root}: keys ending in NUL bytes are not supported")
+        return "keys", None, np.array(keys, dtype=bytes), len(keys)
+    try:
+        length = int(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError(f"{root}: the 'length' record must be an ASCII integer, got {raw[:40]!r}") from None
+    # keys sort byte-wise, so '<prefix>-<digits>' image keys come before 'length'; skip any other record
+    for key in itertools.islice(txn.cursor().iternext(keys=True, values=False), 64):
+        match = _INDEXED_KEY.match(key)
+        if match:
+            prefix, width = match.group(1).decode(), len(match.group(2))
+            break
+    else:
+        raise ValueError(f"{root}: a 'length' record but no '<prefix>-<index>' image keys (e.g. '256-00000')")
+    for first in (0, 1):
+        if txn.get(f"{prefix}-{str(first).zfill(width)}".encode()) is not None:
+            break
+    else:
+        raise ValueError(f"{root}: neither {prefix}-{'0' * width} nor {prefix}-{str(1).zfill(width)} exists")
+    last = f"{prefix}-{str(length - 1 + first).zfill(width)}"
+    if length < 1 or txn.get(last.encode()) is None:
+        raise ValueError(f"{root}: 'length' says {length} images but key {last!r} is missing")
+    return "indexed", (prefix, width, first), None, length
+
+
+def _check_box(box: Sequence[int] | None) -> Box | None:
+    if box is None:
+        return None
+    left, top, right, bottom = (int(v) for v in box)
+    if not (0 <= left < right and 0 <= top < bottom):
+        raise ValueError(
+            f"crop box must be (left, top, right, bottom) with left < right, top < bottom; got {box}"
+        )
+    return left, top, right, bottom
 
 
 def list_images(root: Path) -> list[str]:
@@ -362,19 +562,29 @@ def _attributes_for_files(path: Path, files: list[str]) -> Attributes:
     return table.subset([row_of[f] for f in files])
 
 
-def load_image(path: Path, resolution: int) -> np.ndarray:
-    """Decode ``path`` to RGB uint8 (R, R, 3): shorter side resized to R (bicubic), centre crop.
+def load_image(path: Path, resolution: int, box: Box | None = None) -> np.ndarray:
+    """Decode the file ``path`` to RGB uint8 (R, R, 3); see ``decode_image``."""
+    return decode_image(path, resolution, box, name=str(path))
+
+
+def decode_image(source: Path | bytes, resolution: int, box: Box | None = None, name: str = "") -> np.ndarray:
+    """Decode an image file or encoded bytes to RGB uint8 (R, R, 3): crop ``box`` if given, then the centre
+    square, resized to R (bicubic).
 
     Transparent images are composited on white; 16-bit images are scaled to 8 bits. An unreadable or
-    truncated file raises ValueError naming it."""
+    truncated image, or one the box does not fit in, raises ValueError naming it (``name``)."""
+    name = name or str(source)[:80]
     try:
-        with Image.open(path) as im:
+        with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as im:
             im.load()
             rgb = to_rgb(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         # PIL reports a bad file from deep inside its decoders; one line naming the file is more useful
-        raise ValueError(f"cannot read image {path}: {err}") from None
-    return fit_square(rgb, resolution)
+        raise ValueError(f"cannot read image {name}: {err}") from None
+    try:
+        return fit_square(rgb, resolution, box)
+    except ValueError as err:
+        raise ValueError(f"image {name}: {err}") from None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -394,20 +604,22 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def fit_square(im: Image.Image, resolution: int) -> np.ndarray:
-    """Centre square crop, resized to (R, R) in one bicubic step (= resize the shorter side to R, then crop)."""
+def fit_square(im: Image.Image, resolution: int, box: Box | None = None) -> np.ndarray:
+    """Centre square of the image (or of ``box`` inside it), resized to (R, R) in one bicubic step
+    (= resize the shorter side to R, then crop; the filter reads the pixels just outside the square, as
+    resize-then-crop does). A square already R wide is cut out exactly."""
     w, h = im.size
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
-    if s == resolution and w == h:
-        return np.asarray(im)
-    out = im.resize((resolution, resolution), Image.Resampling.BICUBIC, box=(left, top, left + s, top + s))
-    return np.asarray(out)
+    left, top, right, bottom = (0, 0, w, h) if box is None else box
+    if left < 0 or top < 0 or right > w or bottom > h:
+        raise ValueError(f"crop box {box} does not fit in the {w}x{h} image")
+    s = min(right - left, bottom - top)
+    left, top = left + (right - left - s) // 2, top + (bottom - top - s) // 2
+    square = (left, top, left + s, top + s)
+    if s == resolution:
+        return np.asarray(im if square == (0, 0, w, h) else im.crop(square))
+    return np.asarray(im.resize((resolution, resolution), Image.Resampling.BICUBIC, box=square))
 
 
-# ----------------------------------------------------------------------------------------------------
-# Format detection and the one entry point
-# ----------------------------------------------------------------------------------------------------
 def read_dataset_json(root: Path) -> dict:
     file = root / "dataset.json"
     try:
@@ -417,57 +629,3 @@ def read_dataset_json(root: Path) -> dict:
     if not isinstance(meta, dict):
         raise ValueError(f"{file} must hold a JSON object")
     return meta
-
-
-def detect_format(root: Path) -> str:
-    """The format of the data set folder ``root``: the ``format`` of its ``dataset.json``, else ``image-folder``."""
-    if (root / "dataset.json").is_file():
-        fmt = read_dataset_json(root).get("format")
-        if fmt not in _OPENERS:
-            raise ValueError(f"{root / 'dataset.json'}: unknown format {fmt!r}; known: {sorted(_OPENERS)}")
-        return fmt
-    return "image-folder"
-
-
-def _open_array(
-    root: Path, split: str, resolution: int | None, attributes: str | Path | None
-) -> ImageDataset:
-    return ArrayImageDataset(root, split, resolution, attributes)
-
-
-def _open_image_folder(
-    root: Path, split: str, resolution: int | None, attributes: str | Path | None
-) -> ImageDataset:
-    if resolution is None:
-        raise ValueError(f"{root} is an image folder: pass a resolution")
-    splits = [d for d in SPLIT_DIRS if (root / d).is_dir()]
-    if not splits:  # a plain folder is the whole data set, whatever split is asked for
-        return ImageFolderDataset(root, resolution, attributes)
-    if split not in splits:
-        raise ValueError(f"{root}: no split {split!r}; available: {splits}")
-    return ImageFolderDataset(root / split, resolution, attributes, name=root.name)
-
-
-_OPENERS = {"diti-array": _open_array, "image-folder": _open_image_folder}
-
-
-def open_dataset(
-    path: str | Path,
-    split: str = "train",
-    resolution: int | None = None,
-    attributes: str | Path | None = None,
-) -> ImageDataset:
-    """Open the data set at ``path`` (format detected by ``detect_format``).
-
-    ``resolution``: optional for ``diti-array`` (None = stored; another value resizes on the fly), required
-    for image folders. ``attributes``: a CSV replacing the data set's own attribute table (``index``-keyed
-    for ``diti-array``, ``file``-keyed for image folders, paths relative to the split folder).
-    """
-    root = Path(path)
-    if not root.exists():
-        raise FileNotFoundError(f"data set not found: {root}")
-    if not root.is_dir():
-        raise ValueError(f"a data set is a folder, got the file {root}")
-    if resolution is not None and resolution < 1:
-        raise ValueError(f"resolution must be >= 1, got {resolution}")
-    return _OPENERS[detect_format(root)](root, split, resolution, attributes)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import Attributes, open_dataset
+from ..data import Attributes
 from ..training.checkpoint import latest_checkpoint
 from .features import encode_dataset, load_features, save_features
 from .probe import ProbeResult, linear_probe
@@ -62,7 +62,7 @@ def run_features(
     batch_size: int = 256, flipped: bool = False, progress: bool = True,
 ) -> tuple[np.ndarray, Attributes | None]:
     """z of every image of ``data``/``split`` with the run's encoder, cached in RUN/eval/features/."""
-    dataset = open_dataset(data, split, cfg.data.resolution)
+    dataset = cfg.data.open(split, data)
     ckpt = latest_checkpoint(Path(run) / "checkpoints")
     key = {"data": str(Path(data).resolve()), "split": split, "flipped": flipped,
            "checkpoint": ckpt.name if ckpt else None, "n": len(dataset)}

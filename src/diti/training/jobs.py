@@ -11,7 +11,6 @@ from diffusers import UNet2DModel
 
 from ..config.loader import ConfigError, to_dict
 from ..config.schema import DiTiConfig, PretrainConfig
-from ..data import open_dataset
 from ..models.ddpm import DDPMObjective
 from ..models.diti import DiTiModel
 from ..models.dm import build_unet, dm_resolution, load_dm, save_dm
@@ -20,7 +19,11 @@ from .run import read_meta, read_run_config, write_run_files
 from .trainer import Trainer
 
 # Config keys that may change when a run is resumed (bookkeeping, not the experiment).
-RESUMABLE_KEYS = {"steps", "log_every", "checkpoint_every", "keep_checkpoints", "progress", "device", "num_workers"}
+RESUMABLE_KEYS = {
+    "train": ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "progress", "device", "compile",
+              "channels_last"),
+    "data": ("num_workers",),
+}
 
 
 def prepare_run_folder(out: Path, kind: str, cfg, resume: bool):
@@ -40,14 +43,17 @@ def prepare_run_folder(out: Path, kind: str, cfg, resume: bool):
     read_meta(out, kind)
     saved = read_run_config(out, type(cfg))
     diffs = _config_diffs(to_dict(saved), to_dict(cfg))
-    changed = [k for k in diffs if k.rsplit(".", 1)[-1] not in RESUMABLE_KEYS]
+    allowed = {f"{section}.{key}" for section, keys in RESUMABLE_KEYS.items() for key in keys}
+    changed = [k for k in diffs if k not in allowed]
     if changed:
         raise ConfigError(
             f"cannot resume {out} with a different experiment config: {', '.join(changed)} differ from "
-            f"its config.yaml (only {', '.join(sorted(RESUMABLE_KEYS))} may change on resume)"
+            f"its config.yaml (only {', '.join(sorted(allowed))} may change on resume)"
         )
     # keep the saved experiment, take the new bookkeeping values
-    saved.train = replace(saved.train, **{k: getattr(cfg.train, k) for k in RESUMABLE_KEYS if hasattr(cfg.train, k)})
+    for section, keys in RESUMABLE_KEYS.items():
+        new = getattr(cfg, section)
+        setattr(saved, section, replace(getattr(saved, section), **{k: getattr(new, k) for k in keys}))
     return saved
 
 
@@ -74,7 +80,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False) -> Path
     cfg = copy.deepcopy(cfg)
     cfg.data.path = _resolve_path(cfg.data.path, "data.path")
     cfg.validate()
-    dataset = open_dataset(cfg.data.path, cfg.data.split, cfg.data.resolution)
+    dataset = cfg.data.open()
     cfg.data.resolution = dataset.resolution
     cfg = prepare_run_folder(out, "pretrain", cfg, resume)
     schedule = cfg.diffusion.build()
@@ -104,7 +110,7 @@ def train_diti(cfg: DiTiConfig, out: str | Path, resume: bool = False) -> Path:
     dm = load_dm(cfg.dm, schedule)
     cfg.data.resolution = cfg.data.resolution or dm_resolution(dm)
     cfg = prepare_run_folder(out, "diti", cfg, resume)
-    dataset = open_dataset(cfg.data.path, cfg.data.split, cfg.data.resolution)
+    dataset = cfg.data.open()
     check_data_fits_dm(dataset, dm)
     torch.manual_seed(cfg.train.seed)  # initial weights from the config's seed, never the clock
     model = DiTiModel.from_config(cfg, dm)
