@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
 from ..config.schema import TrainConfig
@@ -29,6 +30,10 @@ from .randomness import GlobalBatchSampler, micro_slice, seed_step, step_noise
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    # accelerate keeps one process-wide state and refuses a second Accelerator with another mixed precision;
+    # a process that runs several jobs (tests, the demo) starts each from a fresh state. The process group
+    # (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         cpu=cfg.device == "cpu",
         mixed_precision=cfg.mixed_precision,
@@ -125,7 +130,11 @@ class Trainer:
     def run(self) -> None:
         cfg, acc = self.cfg, self.acc
         device = acc.device
+        if cfg.channels_last:
+            self.module.to(memory_format=torch.channels_last)
         model, optimizer = acc.prepare(self.module, self.optimizer)
+        if cfg.compile:
+            model = torch.compile(model)
         sampler = GlobalBatchSampler(
             len(self.dataset), cfg.batch_size, cfg.seed, self.step, cfg.steps, acc.process_index,
             acc.num_processes, cfg.grad_accum_steps,
@@ -146,6 +155,8 @@ class Trainer:
             for a in range(cfg.grad_accum_steps):
                 lo = micro_slice(a, acc.process_index, acc.num_processes, self.micro)
                 x0 = next(batches).to(device, non_blocking=True)
+                if cfg.channels_last:
+                    x0 = x0.contiguous(memory_format=torch.channels_last)
                 t = t_all[lo : lo + self.micro].to(device)
                 noise = noise_all[lo : lo + self.micro].to(device)
                 if self.hflip:
