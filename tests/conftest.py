@@ -15,6 +15,11 @@ from diti.training.jobs import pretrain
 QUICK_UNET = UNetConfig(block_out_channels=[16, 32], attention_levels=[1], norm_num_groups=8, attention_head_dim=8)
 
 
+# Test tensors are tiny: one intra-op thread avoids OpenMP synchronisation that costs more than it saves
+# (and that stalls badly when the machine's 2 cores are shared).
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
@@ -41,3 +46,20 @@ def trained_dm(tmp_path_factory, shapes16):
 def tiny_unet():
     """A randomly initialised 16 px UNet2DModel with attention in its last down block."""
     return build_unet(QUICK_UNET, 16)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, shapes16):
+    """A DiTi run (k=4, d=16) trained for 4 steps on a random 16 px DM: for smoke tests of the evaluation."""
+    from diti.config import DiTiConfig
+    from diti.diffusion.schedule import NoiseSchedule
+    from diti.models.dm import save_dm
+    from diti.training.jobs import train_diti
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    torch.manual_seed(0)
+    dm = save_dm(build_unet(QUICK_UNET, 16), root / "dm", NoiseSchedule())
+    cfg = build_config(DiTiConfig, "shapes-quick", overrides=[
+        f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(shapes16))}", "train.steps=4",
+        "train.progress=false"])
+    return train_diti(cfg, root / "run")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import torch
 import typer
 
 from ..config import DiTiConfig, PretrainConfig, build_config
@@ -190,6 +192,216 @@ def probe(
     except USER_ERRORS as err:
         _fail(err)
     typer.echo(result.format_table())
+
+
+@app.command()
+def disentangle(
+    run: Path = typer.Argument(..., help="A `diti train` run folder."),
+    data: Path = typer.Option(..., help="Data with known categorical factors (e.g. the shapes data)."),
+    train_split: str = typer.Option("train", help="Split the GBT classifiers and probes are fitted on."),
+    test_split: str = typer.Option("test", help="Split the scores are computed on."),
+    max_train: int = typer.Option(2000, help="Codes per GBT classifier (0 = all; GBT with defaults is slow)."),
+    groups: int = typer.Option(5, help="Dim groups for the alignment when the partition has a single stage."),
+    seed: int = typer.Option(0, help="Seed of the metrics."),
+    device: str = typer.Option("cpu", help="Device of the encoder."),
+):
+    """DCI, MIG, FactorVAE score and partition-attribute alignment (RUN/eval/disentangle.json, alignment.png)."""
+    from ..evaluation.runs import disentangle_run, format_disentangle
+
+    try:
+        result = disentangle_run(run, data, train_split, test_split, device, max_train=max_train or None,
+                                 max_groups=groups, seed=seed)
+    except USER_ERRORS as err:
+        _fail(err)
+    typer.echo(format_disentangle(result))
+
+
+def _image(spec: str, dataset) -> torch.Tensor:
+    """An image given as a data-set index or a file path, as (3, R, R) in [-1, 1]."""
+    from ..data.datasets import load_image, to_tensor
+
+    if spec.isdigit():
+        index = int(spec)
+        if index >= len(dataset):
+            raise ValueError(f"image index {index} is out of range: the split has {len(dataset)} images")
+        return dataset[index]
+    return to_tensor(load_image(Path(spec), dataset.resolution)[None])[0]
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+@app.command()
+def counterfactual(
+    run: Path = typer.Argument(..., help="A `diti train` run folder."),
+    data: Path = typer.Option(..., help="Data folder the images come from."),
+    a: str = typer.Option(None, help="Image a: an index into --split or an image file (omit for random pairs)."),
+    b: str = typer.Option(None, help="Image b, whose dims are swapped/interpolated into a."),
+    split: str = typer.Option("test", help="Split for indices and random pairs."),
+    chunks: str = typer.Option(None, help="Chunk indices to edit, e.g. 0,1 (default: one row per stage/group)."),
+    stages: str = typer.Option(None, help="Stage indices to edit."),
+    dims: str = typer.Option(None, help="Explicit dims to edit, e.g. 0,1,2."),
+    alphas: str = typer.Option("0,0.25,0.5,0.75,1", help="Interpolation weights of b."),
+    mode: str = typer.Option("interpolate", help="interpolate or swap."),
+    x_t: str = typer.Option("keep", "--x-t", help="keep a's x_T, or slerp it towards b's."),
+    pairs: int = typer.Option(4, help="Random pairs when --a/--b are not given."),
+    steps: int = typer.Option(100, help="DDIM steps."),
+    seed: int = typer.Option(0, help="Seed of the random pairs."),
+    device: str = typer.Option("cpu", help="cpu, cuda, ..."),
+    out: Path = typer.Option(None, help="PNG to write (default RUN/eval/counterfactual.png)."),
+):
+    """DDIM-invert images, swap or interpolate chosen chunks/stages/dims of z, decode: a labelled grid PNG."""
+    from ..evaluation.counterfactual import (
+        DimGroup,
+        counterfactual_figure,
+        select_dims,
+        standard_counterfactual_figure,
+    )
+    from ..evaluation.runs import eval_dir
+
+    try:
+        model, cfg = load_run_or_fail(run, device)
+        dataset = cfg.data.open(split, data)
+        out = out or eval_dir(run) / "counterfactual.png"
+        kw = dict(alphas=_floats(alphas, "--alphas"), mode=mode, x_T=x_t, num_steps=steps, progress=True)
+        groups = None
+        if chunks or stages or dims:
+            mask = select_dims(model.partition, chunks=_int_list(chunks, "--chunks"),
+                               stages=_int_list(stages, "--stages"), dims=_int_list(dims, "--dims"))
+            picked = np.flatnonzero(mask)
+            label = f"chunks {chunks}" if chunks else f"stages {stages}" if stages else f"{len(picked)} dims"
+            if len(picked) and picked[-1] - picked[0] + 1 == len(picked):
+                groups = [DimGroup(label, (int(picked[0]), int(picked[-1]) + 1), None)]
+            else:
+                raise ValueError("the selected dims must be contiguous for the figure; pick one range")
+        if a is None and b is None:
+            path = standard_counterfactual_figure(model, dataset, out, num_pairs=pairs, seed=seed, groups=groups, **kw)
+        elif a is None or b is None:
+            raise ValueError("give both --a and --b, or neither (random pairs)")
+        else:
+            x_a, x_b = (_image(s, dataset)[None].to(device) for s in (a, b))
+            path = counterfactual_figure(model, x_a, x_b, out, groups=groups, **kw)
+    except USER_ERRORS as err:
+        _fail(err)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def manipulate(
+    run: Path = typer.Argument(..., help="A `diti train` run folder."),
+    data: Path = typer.Option(..., help="Data folder with the attribute to edit."),
+    attribute: str = typer.Option(..., help="Attribute (column) to edit."),
+    target_class: int = typer.Option(None, help="For a multi-class attribute: the class to move towards."),
+    d_prime: int = typer.Option(16, help="Dims in the ProbMask (paper: 16)."),
+    strengths: str = typer.Option("-3,-1.5,0,1.5,3", help="Edit strengths (in std units of z)."),
+    images: str = typer.Option("0,1,2,3", help="Indices of --split to edit."),
+    split: str = typer.Option("test", help="Split of the edited images."),
+    fit_split: str = typer.Option("train", help="Split the ProbMask classifier is fitted on."),
+    steps: int = typer.Option(100, help="DDIM steps."),
+    device: str = typer.Option("cpu", help="cpu, cuda, ..."),
+    out: Path = typer.Option(None, help="PNG to write (default RUN/eval/manipulate-ATTRIBUTE.png)."),
+):
+    """ProbMask attribute edit with d' dims of z (PAPER.md), decoded with DDIM: a grid PNG."""
+    from ..evaluation.manipulate import fit_probmask, manipulation_figure
+    from ..evaluation.runs import eval_dir, run_features
+
+    try:
+        model, cfg = load_run_or_fail(run, device)
+        z, attrs = run_features(model, cfg, run, data, fit_split, device)
+        if attrs is None or attribute not in attrs.names:
+            raise ValueError(f"attribute {attribute!r} not found; the data has {attrs.names if attrs else 'none'}")
+        labels = np.asarray(attrs.values)[:, attrs.names.index(attribute)]
+        result = fit_probmask(z, labels, d_prime=d_prime, target_class=target_class)
+        dataset = cfg.data.open(split, data)
+        x = torch.stack([_image(s, dataset) for s in images.split(",")]).to(device)
+        out = out or eval_dir(run) / f"manipulate-{attribute}.png"
+        path = manipulation_figure(model, x, result, out, _floats(strengths, "--strengths"), steps, attribute=attribute,
+                                   progress=True)
+        (Path(path).with_suffix(".json")).write_text(json.dumps(result.to_dict(), indent=2))
+    except USER_ERRORS as err:
+        _fail(err)
+    typer.echo(f"ProbMask on {d_prime} dims {sorted(result.mask_dims.tolist())}: held-out accuracy "
+               f"{result.accuracy:.3f}\nwrote {path}")
+
+
+def load_run_or_fail(run: Path, device: str):
+    from ..training.jobs import load_diti_run
+
+    return load_diti_run(run, device=device)
+
+
+@app.command()
+def fidelity(
+    run: Path = typer.Argument(..., help="A `diti train` run folder."),
+    data: Path = typer.Option(..., help="Data with known factors (a diti-array folder such as the shapes data)."),
+    pairs: int = typer.Option(256, help="Random (source, target) pairs."),
+    steps: int = typer.Option(50, help="DDIM steps."),
+    groups: int = typer.Option(4, help="Dim groups when the partition has a single stage."),
+    classifier: Path = typer.Option(None, help="Factor classifier (.safetensors) to reuse; trained and saved if missing."),
+    classifier_epochs: int = typer.Option(3, help="Epochs of a newly trained factor classifier."),
+    seed: int = typer.Option(0, help="Seed of the pairs and the classifier."),
+    device: str = typer.Option("cpu", help="cpu, cuda, ..."),
+):
+    """Counterfactual fidelity: swap each stage of z from a source into a target, decode, classify the factors."""
+    from ..evaluation.fidelity import counterfactual_fidelity, plot_fidelity
+    from ..evaluation.runs import eval_dir, factor_classifier
+
+    try:
+        model, cfg = load_run_or_fail(run, device)
+        train_set, test_set = cfg.data.open("train", data), cfg.data.open("test", data)
+        clf, info = factor_classifier(classifier or eval_dir(run) / "factor_classifier.safetensors", train_set,
+                                      test_set, classifier_epochs, seed, device)
+        result = counterfactual_fidelity(model, clf, test_set, num_pairs=pairs, num_steps=steps, seed=seed,
+                                         max_groups=groups)
+        out = eval_dir(run)
+        data_out = {**result.to_dict(), "classifier": info}
+        (out / "fidelity.json").write_text(json.dumps(data_out, indent=2))
+        plot_fidelity(result, out / "fidelity.png", title=Path(run).name)
+    except USER_ERRORS as err:
+        _fail(err)
+    typer.echo(result.format_table())
+
+
+@app.command("attribute-loss")
+def attribute_loss_cmd(
+    dm: Path = typer.Option(..., help="Frozen DM folder (or a `diti train` run: its DM is used)."),
+    data: Path = typer.Option(..., help="Data with known categorical factors."),
+    split: str = typer.Option("test", help="Split the image pairs come from."),
+    pairs: int = typer.Option(64, help="Pairs per factor that differ in exactly that factor."),
+    noise: int = typer.Option(2, help="Noise draws per pair and time-step."),
+    threshold: float = typer.Option(0.25, help="Err level that counts as 'attribute lost'."),
+    seed: int = typer.Option(0, help="Seed of the pairs and the noise."),
+    device: str = typer.Option("cpu", help="cpu, cuda, ..."),
+    out: Path = typer.Option(..., help="Folder for attribute_loss.json and attribute_loss.png (e.g. RUN/eval)."),
+):
+    """The theory's Err(x0, y0, t) per factor against t for a frozen DM: which factors are lost first."""
+    from ..config import DiffusionConfig
+    from ..data import open_dataset
+    from ..evaluation.attribute_loss import attribute_loss
+    from ..evaluation.figures import plot_attribute_loss
+    from ..models.dm import dm_resolution, load_dm
+    from ..training.run import read_run_config
+
+    try:
+        diffusion = DiffusionConfig()
+        if (dm / "meta.json").is_file() and (dm / "config.yaml").is_file() and not (dm / "dm").is_dir():
+            run_cfg = read_run_config(dm, DiTiConfig)
+            dm, diffusion = Path(run_cfg.dm), run_cfg.diffusion
+        schedule = diffusion.build()
+        unet = load_dm(dm, schedule).to(device)
+        dataset = open_dataset(data, split, dm_resolution(unet))
+        result = attribute_loss(unet, schedule, dataset, max_pairs=pairs, num_noise=noise, threshold=threshold,
+                                seed=seed, device=device, progress=True)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "attribute_loss.json").write_text(json.dumps(result.to_dict(), indent=2))
+        plot_attribute_loss(result.to_dict(), out / "attribute_loss.png")
+    except USER_ERRORS as err:
+        _fail(err)
+    typer.echo(result.format_table() if hasattr(result, "format_table") else json.dumps(result.to_dict()))
 
 
 @app.command()

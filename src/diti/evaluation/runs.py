@@ -129,3 +129,129 @@ def probe_run(
                             train_flipped=flipped, progress=progress, device=device, **probe_kwargs)
     (eval_dir(run) / "probe.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
+
+
+def disentangle_features(
+    train: tuple[np.ndarray, Attributes], test: tuple[np.ndarray, Attributes], partition, max_train: int | None = 2000,
+    max_groups: int = 5, seed: int = 0, progress: bool = True, **probe_kwargs,
+) -> dict:
+    """DCI, MIG, FactorVAE and the partition-attribute alignment of codes with known categorical factors.
+
+    Alignment: for each factor, the share of its DCI importance held by each chunk and by each dim group
+    (partition stages; chunk groups for a one-stage partition; equal dim slices for PDAE), and the probe
+    accuracy from each group's dims alone.
+    """
+    from .counterfactual import dim_groups
+    from .disentanglement import alignment, dci, factor_vae_score, mig
+
+    (z_tr, a_tr), (z_te, a_te) = train, test
+    if a_tr is None or a_te is None:
+        raise ValueError("disentanglement metrics need the known factors of the train and test images")
+    categorical = [i for i in range(len(a_tr.names)) if a_tr.is_categorical(i)]
+    if not categorical:
+        raise ValueError("disentanglement metrics need categorical factors; this attribute table has none")
+    names = [a_tr.names[i] for i in categorical]
+    f_tr, f_te = np.asarray(a_tr.values)[:, categorical], np.asarray(a_te.values)[:, categorical]
+    d = dci(z_tr, f_tr, z_te, f_te, seed=seed, progress=progress, max_train=max_train)
+    groups = dim_groups(partition, max_groups)
+    group_ranges = [g.dim_range for g in groups if g.dim_range[1] > g.dim_range[0]]
+    group_labels = [g.label for g in groups if g.dim_range[1] > g.dim_range[0]]
+    chunk_ranges = [r for r in partition.chunk_dim_ranges if r[1] > r[0]]
+    group_probe = np.zeros((len(group_ranges), len(names)))
+    for g, (lo, hi) in enumerate(group_ranges):
+        res = linear_probe((z_tr[:, lo:hi], f_tr), (z_te[:, lo:hi], f_te), "multiclass", names=names, seed=seed,
+                           **probe_kwargs)
+        group_probe[g] = [res.per_attribute[n]["accuracy"] for n in names]
+    return {
+        "factors": names,
+        "num_train": int(min(len(z_tr), max_train or len(z_tr))),
+        "dci": {k: v for k, v in d.to_dict().items() if k != "importance"},
+        "importance": d.importance.tolist(),
+        "mig": mig(z_te, f_te).to_dict(),
+        "factor_vae": factor_vae_score(z_te, f_te, seed=seed).to_dict(),
+        "alignment": {
+            "group_labels": group_labels,
+            "group_dim_ranges": [list(r) for r in group_ranges],
+            "group_importance_share": alignment(d.importance, group_ranges).tolist(),
+            "group_probe_accuracy": group_probe.tolist(),
+            "chunk_dim_ranges": [list(r) for r in chunk_ranges],
+            "chunk_importance_share": alignment(d.importance, chunk_ranges).tolist(),
+        },
+    }
+
+
+def plot_alignment(result: dict, path: Path, title: str) -> Path:
+    """Two heatmaps: importance share and probe accuracy per dim group (rows) and factor (columns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    al = result["alignment"]
+    panels = [("share of DCI importance", al["group_importance_share"]), ("probe accuracy", al["group_probe_accuracy"])]
+    fig = Figure(figsize=(4 + 1.1 * len(result["factors"]), 1.2 + 0.9 * len(al["group_labels"]) * 2))
+    for p, (name, matrix) in enumerate(panels):
+        ax = fig.add_subplot(2, 1, p + 1)
+        m = np.asarray(matrix, dtype=float)
+        ax.imshow(m, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for (i, j), v in np.ndenumerate(m):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)
+        ax.set_yticks(range(len(al["group_labels"])), al["group_labels"], fontsize=7)
+        ax.set_xticks(range(len(result["factors"])), result["factors"] if p else [], rotation=30, ha="right",
+                      fontsize=8)
+        ax.set_title(f"{title}: {name}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def disentangle_run(
+    run: str | Path, data: str | Path, train_split: str = "train", test_split: str = "test",
+    device: str | torch.device = "cpu", progress: bool = True, **kwargs,
+) -> dict:
+    """disentangle_features on the run's codes; writes RUN/eval/disentangle.json and alignment.png."""
+    from ..training.jobs import load_diti_run
+
+    model, cfg = load_diti_run(run, device=device)
+    train = run_features(model, cfg, run, data, train_split, device, progress=progress)
+    test = run_features(model, cfg, run, data, test_split, device, progress=progress)
+    result = disentangle_features(train, test, model.partition, progress=progress, **kwargs)
+    out = eval_dir(run)
+    (out / "disentangle.json").write_text(json.dumps(result, indent=2))
+    plot_alignment(result, out / "alignment.png", Path(run).name)
+    return result
+
+
+def format_disentangle(result: dict) -> str:
+    dci_, mig_, fv = result["dci"], result["mig"], result["factor_vae"]
+    lines = [
+        f"DCI disentanglement {dci_['disentanglement']:.4f}  completeness {dci_['completeness']:.4f}  "
+        f"informativeness (test acc) {dci_['informativeness_test']:.4f}   (GBT on {result['num_train']} codes)",
+        f"MIG {mig_['mig']:.4f}   FactorVAE score {fv['eval_accuracy']:.4f} ({fv['num_active_dims']} active dims)",
+        "",
+        "share of each factor's importance held by each dim group (rows) / probe accuracy from the group alone:",
+    ]
+    al = result["alignment"]
+    width = max(len(label) for label in al["group_labels"])
+    lines.append(" " * width + "  " + "  ".join(f"{n[:12]:>12}" for n in result["factors"]))
+    for label, share, acc in zip(al["group_labels"], al["group_importance_share"], al["group_probe_accuracy"],
+                                 strict=True):
+        cells = "  ".join(f"{s:>5.2f} / {a:.2f}" for s, a in zip(share, acc, strict=True))
+        lines.append(f"{label:<{width}}  {cells}")
+    return "\n".join(lines)
+
+
+def factor_classifier(path: str | Path, train_set, test_set, epochs: int = 3, seed: int = 0,
+                      device: str | torch.device = "cpu"):
+    """The factor classifier saved at ``path``, or a new one trained on ``train_set`` and saved there."""
+    from .fidelity import load_factor_classifier, save_factor_classifier, train_factor_classifier
+
+    path = Path(path)
+    if path.is_file():
+        clf, info = load_factor_classifier(path)
+        return clf.to(device), info
+    clf, info = train_factor_classifier(train_set, epochs=epochs, seed=seed, device=device, test=test_set,
+                                        progress=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_factor_classifier(clf, path, extra=info)
+    return clf, info
