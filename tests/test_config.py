@@ -88,3 +88,25 @@ def test_pretrain_config_checks_unet():
         build_config(PretrainConfig, overrides=["unet.attention_levels=[5]"])
     with pytest.raises(ConfigError, match="multiples of norm_num_groups"):
         build_config(PretrainConfig, overrides=["unet.block_out_channels=[30,60]"])
+
+
+@pytest.mark.parametrize(
+    "name, resolution, k, mode, steps",
+    [
+        ("celeba64-diti64", 64, 64, "base", 296_875),
+        ("celeba64-diti64-stopgrad", 64, 64, "stop_grad", 468_750),
+        ("celeba64-pdae", 64, 1, "base", 296_875),
+        ("ffhq128-diti64", 128, 64, "base", 500_000),
+        ("bedroom128-diti64", 128, 64, "base", 546_875),
+    ],
+)
+def test_paper_presets(name, resolution, k, mode, steps):
+    cfg = build_config(DiTiConfig, name)
+    assert (cfg.data.resolution, cfg.partition.k, cfg.partition.mode, cfg.train.steps) == (resolution, k, mode, steps)
+    assert cfg.train.batch_size == 128 and cfg.train.lr == 1e-4 and cfg.train.ema_decay == 0.9999
+    assert cfg.data.hflip
+    if k > 1:
+        assert cfg.partition.stages == [50, 100, 300, 500, 1000]
+        assert cfg.partition.dims_per_stage == [10, 25, 327, 100, 50]
+    if resolution == 128:
+        assert cfg.encoder.channels == [64, 128, 256, 256, 256]

@@ -147,6 +147,10 @@ def encode(
     typer.echo(f"encoded {len(features)} images to {features.shape[1]} dims: " + ", ".join(map(str, written)))
 
 
+PROBE_DEFAULTS = {"task": "auto", "epochs": 15, "lr": 1e-3, "batch_size": 128, "hflip": False,
+                  "valid_split": None, "test_split": "test"}
+
+
 @app.command()
 def probe(
     run: Path = typer.Argument(None, help="A `diti train` run folder (encode --data with its EMA encoder)."),
@@ -154,30 +158,41 @@ def probe(
     features: Path = typer.Option(None, help="Saved train features (.npy/.safetensors) instead of RUN + --data."),
     test_features: Path = typer.Option(None, help="Saved test features (with --features)."),
     valid_features: Path = typer.Option(None, help="Saved validation features (optional)."),
+    preset: str = typer.Option(None, help="Official protocol: celeba (binary, flip, valid split) or lfw."),
     train_split: str = typer.Option("train", help="Split to fit the probe on."),
-    test_split: str = typer.Option("test", help="Split to report."),
-    valid_split: str = typer.Option(None, help="Split to choose the epoch on (default: 10% held out of train)."),
-    task: str = typer.Option("auto", help="auto, multiclass, binary or regression."),
+    test_split: str = typer.Option(None, help="Split to report [test]."),
+    valid_split: str = typer.Option(None, help="Split to choose the epoch on [10% held out of train]."),
+    task: str = typer.Option(None, help="auto, multiclass, binary or regression [auto]."),
     columns: str = typer.Option(None, help="Comma-separated attribute names to probe (default: all)."),
-    epochs: int = typer.Option(15, help="Epochs (official: 15)."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate (official: 1e-3)."),
-    batch_size: int = typer.Option(128, help="Batch size (official: 128 CelebA, 64 LFW)."),
-    hflip: bool = typer.Option(False, help="Flip augmentation of the training images (official for CelebA)."),
+    epochs: int = typer.Option(None, help="Epochs [15, official]."),
+    lr: float = typer.Option(None, help="Adam learning rate [1e-3, official]."),
+    batch_size: int = typer.Option(None, help="Batch size [128; official: 128 CelebA, 64 LFW]."),
+    hflip: bool = typer.Option(None, "--hflip/--no-hflip", help="Flip augmentation of the training images."),
     seed: int = typer.Option(0, help="Seed of the probe and the validation hold-out."),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
     out: Path = typer.Option(None, help="JSON output (default RUN/eval/probe.json)."),
 ):
-    """Linear probes on frozen features: per-attribute AP/accuracy or Pearson r/MSE, JSON + table."""
+    """Linear probes on frozen features: per-attribute AP/accuracy or Pearson r/MSE, JSON + table.
+
+    Explicit options win over --preset, which wins over the built-in defaults (in brackets).
+    """
+    from ..config.presets import PROBE_PRESETS
+    from ..config.presets import preset as get_preset
     from ..evaluation.features import load_features
     from ..evaluation.runs import probe_features, probe_run
 
-    kwargs = dict(task=task, columns=columns.split(",") if columns else None, epochs=epochs, lr=lr,
-                  batch_size=batch_size, seed=seed)
     try:
+        explicit = {"task": task, "epochs": epochs, "lr": lr, "batch_size": batch_size, "hflip": hflip,
+                    "valid_split": valid_split, "test_split": test_split}
+        opts = {**PROBE_DEFAULTS, **get_preset(PROBE_PRESETS, preset),
+                **{k: v for k, v in explicit.items() if v is not None}}
+        kwargs = dict(task=opts["task"], columns=columns.split(",") if columns else None, epochs=opts["epochs"],
+                      lr=opts["lr"], batch_size=opts["batch_size"], seed=seed)
         if run is not None:
             if data is None:
                 raise ValueError("--data is required with a run folder")
-            result = probe_run(run, data, train_split, test_split, valid_split, device=device, hflip=hflip, **kwargs)
+            result = probe_run(run, data, train_split, opts["test_split"], opts["valid_split"], device=device,
+                               hflip=opts["hflip"], **kwargs)
         else:
             if features is None or test_features is None:
                 raise ValueError("give a RUN folder with --data, or --features and --test-features")

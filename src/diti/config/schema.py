@@ -52,6 +52,7 @@ class EncoderConfig:
 
     channels: list[int] = field(default_factory=lambda: [64, 128, 128, 128])
     attn_resolutions: list[int] = field(default_factory=lambda: [16])
+    attn_heads: int = 4
     norm_groups: int = 32
 
 

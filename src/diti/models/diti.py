@@ -58,6 +58,7 @@ class DiTiModel(nn.Module):
             channels=cfg.encoder.channels,
             attn_resolutions=cfg.encoder.attn_resolutions,
             norm_groups=cfg.encoder.norm_groups,
+            attn_heads=cfg.encoder.attn_heads,
         )
         partition = cfg.partition.build(cfg.diffusion.timesteps)
         return cls(dm, encoder, partition, schedule, cfg.partition.mode, cfg.decoder.z_embed_dim)
