@@ -1,0 +1,28 @@
+"""The benchmark scripts run in their --quick mode and print/write the expected format."""
+
+import json
+import runpy
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_train_step_quick(tmp_path, capsys):
+    main = runpy.run_path(str(BENCH / "train_step.py"))["main"]
+    rows = main(["--quick", "--out", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert "DiTi / DDPM step time" in out and "img/s" in out
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["machine"]["torch"] and data["rows"] == json.loads(json.dumps(rows))
+    row = rows[0]
+    for name in ("ddpm", "diti"):
+        assert row[name]["median_s"] > 0 and row[name]["q1_s"] <= row[name]["q3_s"]
+    assert row["ratio_diti_over_ddpm"] == row["diti"]["median_s"] / row["ddpm"]["median_s"]
+
+
+def test_encode_quick(tmp_path, capsys):
+    main = runpy.run_path(str(BENCH / "encode.py"))["main"]
+    rows = main(["--quick", "--out", str(tmp_path / "r.json")])
+    assert "img/s" in capsys.readouterr().out
+    assert rows[0]["images"] == 64 and rows[0]["img_per_s"] > 0
+    assert json.loads((tmp_path / "r.json").read_text())[0]["size"] == "16px-quick"
