@@ -117,3 +117,18 @@ def test_balanced_end_dims_do_not_lose_a_dim_to_float_rounding():
     p = Partition(97, 21, 100)
     assert p.chunk_end_dims[-1] == 97
     assert p.chunk_end_dims == [int(97 * (i + 1) / 21) for i in range(20)] + [97]
+
+
+def test_timestep_sampling_distributions():
+    p = official_celeba_partition()
+    uniform = p.timestep_probs("uniform")
+    assert torch.allclose(uniform, torch.full((1000,), 1e-3, dtype=torch.float64))
+    stage = p.timestep_probs("stage_balanced")
+    assert abs(stage.sum().item() - 1) < 1e-12
+    for first, last in p.stage_t_ranges:  # every stage gets 1/5 of the mass, uniform inside
+        assert abs(stage[first : last + 1].sum().item() - 0.2) < 1e-12
+        assert torch.allclose(stage[first : last + 1], stage[first].expand(last - first + 1))
+    chunk = p.timestep_probs("chunk_balanced")
+    assert all(abs(chunk[a : b + 1].sum().item() - 1 / 64) < 1e-12 for a, b in p.chunk_t_ranges)
+    with pytest.raises(ValueError, match="unknown timestep sampling"):
+        p.timestep_probs("early")

@@ -91,3 +91,14 @@ def test_sampler_shards_the_global_batch():
         # micro-batch a of rank r is slice (a * world + r) of the global batch
         parts = [ranks[r][step * 2 + a] for a in range(2) for r in range(2)]
         assert sum(parts, []) == whole[step]
+
+
+def test_objective_options_change_weighting_and_sampling(tmp_path, random_dm, shapes16):
+    run = train_diti(quick_cfg(random_dm, shapes16, "train.steps=4", "partition.stages=[100,1000]",
+                               "partition.dims_per_stage=[4,12]", "objective.timestep_sampling=stage_balanced",
+                               "objective.weighting=uniform"), tmp_path / "run")
+    counts = json.loads((run / "loss_per_t.json").read_text())["count"]
+    # half of the sampled t fall in the first stage (t < 100), a tenth of the range
+    assert 0.3 < sum(counts[:100]) / sum(counts) < 0.7
+    model, cfg = load_diti_run(run)
+    assert cfg.objective.weighting == "uniform" and torch.equal(model.loss_weight, torch.ones(1000))

@@ -150,6 +150,21 @@ class Partition:
             return z.detach() * prev + z * cur
         raise ValueError(f"unknown partition mode {mode!r}; expected 'base' or 'stop_grad' ('dual' sums both)")
 
+    def timestep_probs(self, kind: str = "uniform") -> torch.Tensor:
+        """A distribution over t (T,): ``uniform`` (official), or equal mass per stage / per chunk."""
+        if kind == "uniform":
+            return torch.full((self.timesteps,), 1.0 / self.timesteps, dtype=torch.float64)
+        if kind == "stage_balanced":
+            ranges = self.stage_t_ranges
+        elif kind == "chunk_balanced":
+            ranges = self.chunk_t_ranges
+        else:
+            raise ValueError(f"unknown timestep sampling {kind!r}; expected uniform, stage_balanced, chunk_balanced")
+        probs = torch.zeros(self.timesteps, dtype=torch.float64)
+        for first, last in ranges:
+            probs[first : last + 1] = 1.0 / (len(ranges) * (last - first + 1))
+        return probs
+
     # ----------------------------------------------------------------------------------------------
     def describe(self) -> list[dict]:
         """One row per chunk: chunk, stage, t-range (inclusive) and dim range [start, end)."""

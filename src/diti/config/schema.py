@@ -47,6 +47,20 @@ class PartitionConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """The DiTi loss. The official recipe is uniform t ~ U{0..T-1} and lambda(t) = snr^0.1 / (1 + snr).
+
+    Departures (documented options for small-budget experiments, never the default): ``weighting: uniform``
+    (1 for every t) and ``timestep_sampling: stage_balanced | chunk_balanced`` (every partition stage, or
+    every chunk, receives the same share of the sampled t; uniform inside it). At small t both c(t) and
+    lambda(t) are near 0, so with the official recipe the early chunks receive almost no training signal.
+    """
+
+    weighting: Literal["official", "uniform"] = "official"
+    timestep_sampling: Literal["uniform", "stage_balanced", "chunk_balanced"] = "uniform"
+
+
+@dataclass
 class EncoderConfig:
     """Convolutional encoder: one stride-2 conv per entry of ``channels`` (official CelebA64 design)."""
 
@@ -163,6 +177,7 @@ class DiTiConfig:
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -17,27 +17,35 @@ class LossOutput(NamedTuple):
     t: torch.Tensor
 
 
-def sample_noise(
-    batch: int, shape: tuple[int, ...], timesteps: int, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """t ~ U{0..T-1} and eps ~ N(0, I) for a batch, from ``generator`` (on CPU, so every device agrees)."""
-    t = torch.randint(0, timesteps, (batch,), generator=generator)
-    noise = torch.randn((batch, *shape), generator=generator)
-    return t, noise
-
-
 def ddpm_per_sample(eps_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """The simple DDPM loss ||eps - eps_theta(x_t, t)||^2, averaged over pixels: (B,)."""
     return (noise - eps_pred.float()).pow(2).flatten(1).mean(1)
 
 
 def shift_per_sample(
-    schedule: NoiseSchedule, eps_theta: torch.Tensor, shift: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    schedule: NoiseSchedule,
+    eps_theta: torch.Tensor,
+    shift: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """PDAE's posterior-mean-gap loss per sample (PAPER.md, "Training"):
 
     lambda(t) * mean_pixels (eps - (eps_theta(x_t, t) + c(t) G(x_t, t, z~)))^2   -> (B,)
+
+    ``weight`` (T,) replaces lambda(t) (the official ``schedule.weight``) when given.
     """
     c = extract(schedule.shift, t, noise.shape)
     residual = noise - (eps_theta.float() + c * shift.float())
-    return schedule.weight.to(t.device)[t] * residual.pow(2).flatten(1).mean(1)
+    weight = schedule.weight if weight is None else weight
+    return weight.to(t.device)[t] * residual.pow(2).flatten(1).mean(1)
+
+
+def timestep_weights(schedule: NoiseSchedule, kind: str) -> torch.Tensor:
+    """The loss weight per t: ``official`` lambda(t) = snr^0.1 / (1 + snr), or ``uniform`` (1 for every t)."""
+    if kind == "official":
+        return schedule.weight.clone()
+    if kind == "uniform":
+        return torch.ones_like(schedule.weight)
+    raise ValueError(f"unknown loss weighting {kind!r}; expected 'official' or 'uniform'")

@@ -13,7 +13,7 @@ from diffusers import UNet2DModel
 from torch import nn
 
 from ..config.schema import DiTiConfig
-from ..diffusion.losses import LossOutput, shift_per_sample
+from ..diffusion.losses import LossOutput, shift_per_sample, timestep_weights
 from ..diffusion.schedule import NoiseSchedule, extract
 from ..partition import Partition
 from .dm import dm_resolution
@@ -30,6 +30,7 @@ class DiTiModel(nn.Module):
         schedule: NoiseSchedule,
         mode: str = "stop_grad",
         z_embed_dim: int | None = None,
+        weighting: str = "official",
     ):
         super().__init__()
         if mode not in ("base", "stop_grad", "dual"):
@@ -43,6 +44,7 @@ class DiTiModel(nn.Module):
         self.schedule = schedule
         self.partition = partition
         self.mode = mode
+        self.register_buffer("loss_weight", timestep_weights(schedule, weighting), persistent=False)
 
     @classmethod
     def from_config(cls, cfg: DiTiConfig, dm: UNet2DModel) -> DiTiModel:
@@ -61,7 +63,7 @@ class DiTiModel(nn.Module):
             attn_heads=cfg.encoder.attn_heads,
         )
         partition = cfg.partition.build(cfg.diffusion.timesteps)
-        return cls(dm, encoder, partition, schedule, cfg.partition.mode, cfg.decoder.z_embed_dim)
+        return cls(dm, encoder, partition, schedule, cfg.partition.mode, cfg.decoder.z_embed_dim, cfg.objective.weighting)
 
     # ------------------------------------------------------------------------------------------------
     @property
@@ -100,7 +102,8 @@ class DiTiModel(nn.Module):
         z = self.encoder(x0)
         modes = ("base", "stop_grad") if self.mode == "dual" else (self.mode,)
         per_sample = sum(
-            shift_per_sample(self.schedule, frozen.eps, self.decoder.shift(frozen, self.partition.apply(z, t, m)), noise, t)
+            shift_per_sample(self.schedule, frozen.eps, self.decoder.shift(frozen, self.partition.apply(z, t, m)), noise, t,
+                             self.loss_weight)
             for m in modes
         )
         return LossOutput(per_sample.mean(), per_sample, t)

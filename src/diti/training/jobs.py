@@ -114,7 +114,10 @@ def train_diti(cfg: DiTiConfig, out: str | Path, resume: bool = False) -> Path:
     check_data_fits_dm(dataset, dm)
     torch.manual_seed(cfg.train.seed)  # initial weights from the config's seed, never the clock
     model = DiTiModel.from_config(cfg, dm)
-    trainer = Trainer(model, dataset, cfg.train, schedule.timesteps, out, cfg.data.hflip, cfg.data.num_workers)
+    sampling = cfg.objective.timestep_sampling
+    t_probs = None if sampling == "uniform" else model.partition.timestep_probs(sampling)
+    trainer = Trainer(model, dataset, cfg.train, schedule.timesteps, out, cfg.data.hflip, cfg.data.num_workers,
+                      t_probs)
     if trainer.acc.is_main_process:
         write_run_files(out, "diti", cfg)
     trainer.resume()

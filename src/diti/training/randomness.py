@@ -45,11 +45,18 @@ def global_batch_indices(n: int, batch: int, step: int, seed: int) -> torch.Tens
 
 
 def step_noise(
-    batch: int, image_shape: tuple[int, ...], timesteps: int, step: int, seed: int
+    batch: int, image_shape: tuple[int, ...], timesteps: int, step: int, seed: int,
+    t_probs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(t (B,), eps (B, C, H, W), flip (B,) bool) for the global batch of ``step``."""
+    """(t (B,), eps (B, C, H, W), flip (B,) bool) for the global batch of ``step``.
+
+    t is uniform on 0..T-1, or drawn from ``t_probs`` (T,) when given.
+    """
     g = generator(seed, NOISE, step)
-    t = torch.randint(0, timesteps, (batch,), generator=g)
+    if t_probs is None:
+        t = torch.randint(0, timesteps, (batch,), generator=g)
+    else:
+        t = torch.multinomial(t_probs, batch, replacement=True, generator=g)
     noise = torch.randn((batch, *image_shape), generator=g)
     flip = torch.rand(batch, generator=g) < 0.5
     return t, noise, flip

@@ -53,9 +53,11 @@ class Trainer:
         out: Path,
         hflip: bool = False,
         num_workers: int = 0,
+        t_probs: torch.Tensor | None = None,
         accelerator: Accelerator | None = None,
     ):
         self.cfg = cfg
+        self.t_probs = t_probs  # None: t ~ U{0..T-1}
         self.hflip = hflip
         self.num_workers = num_workers
         self.dataset = dataset
@@ -150,7 +152,9 @@ class Trainer:
         model.train()
         while self.step < cfg.steps:
             seed_step(cfg.seed, self.step, acc.process_index)
-            t_all, noise_all, flip_all = step_noise(cfg.batch_size, sample_shape, self.timesteps, self.step, cfg.seed)
+            t_all, noise_all, flip_all = step_noise(
+                cfg.batch_size, sample_shape, self.timesteps, self.step, cfg.seed, self.t_probs
+            )
             step_loss = torch.zeros((), device=device)
             for a in range(cfg.grad_accum_steps):
                 lo = micro_slice(a, acc.process_index, acc.num_processes, self.micro)
