@@ -63,3 +63,19 @@ def test_evaluation_errors(tiny_run, shapes16):
     assert result.exit_code == 2 and "give both --a and --b" in result.output
     result = runner.invoke(app, ["counterfactual", str(tiny_run), "--data", str(shapes16), "--chunks", "9"])
     assert result.exit_code == 2 and "out of range" in result.output
+
+
+def test_attribute_loss_and_report(tiny_run, shapes16, tmp_path):
+    out = invoke("attribute-loss", "--dm", tiny_run, "--data", shapes16, "--pairs", 4, "--out", tiny_run / "eval")
+    assert "cross t" in out
+    result = json.loads((tiny_run / "eval" / "attribute_loss.json").read_text())
+    assert result["timesteps"][0] == 0 and len(result["timesteps"]) == 20
+    invoke("probe", tiny_run, "--data", shapes16)
+    out = invoke("report", tiny_run, tiny_run, "--out", tmp_path / "r.html", "--title", "two runs")
+    html = (tmp_path / "r.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "data:image/png;base64," in html
+    assert "<script" not in html and 'src="http' not in html
+    invoke("report", tiny_run)
+    assert (tiny_run / "report.html").is_file()
+    result = runner.invoke(app, ["report", str(tiny_run), str(tiny_run)])
+    assert result.exit_code == 2 and "--out is required" in result.output

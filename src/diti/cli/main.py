@@ -385,7 +385,7 @@ def fidelity(
 def attribute_loss_cmd(
     dm: Path = typer.Option(..., help="Frozen DM folder (or a `diti train` run: its DM is used)."),
     data: Path = typer.Option(..., help="Data with known categorical factors."),
-    split: str = typer.Option("test", help="Split the image pairs come from."),
+    split: str = typer.Option("train", help="Split the image pairs come from (a large one has more pairs)."),
     pairs: int = typer.Option(64, help="Pairs per factor that differ in exactly that factor."),
     noise: int = typer.Option(2, help="Noise draws per pair and time-step."),
     threshold: float = typer.Option(0.25, help="Err level that counts as 'attribute lost'."),
@@ -417,6 +417,36 @@ def attribute_loss_cmd(
     except USER_ERRORS as err:
         _fail(err)
     typer.echo(result.format_table() if hasattr(result, "format_table") else json.dumps(result.to_dict()))
+
+
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="One or more run folders, shown side by side."),
+    out: Path = typer.Option(None, help="HTML file to write (default RUN/report.html for one run)."),
+    extra: list[Path] = typer.Option([], help="Extra folders of PNG/JSON/Markdown to include."),
+    title: str = typer.Option(None, help="Page title."),
+):
+    """One self-contained HTML page (figures embedded) with whatever the runs have."""
+    from ..evaluation.report import write_report
+
+    try:
+        if out is None:
+            if len(runs) != 1:
+                raise ValueError("--out is required with several runs")
+            out = runs[0] / "report.html"
+        path = write_report(runs, out, extra_dirs=extra, title=title)
+    except USER_ERRORS as err:
+        _fail(err)
+    typer.echo(f"wrote {path}")
+
+
+@data_app.command("formats")
+def data_formats():
+    """The folder layout each data format expects."""
+    from ..data.formats import describe_formats
+
+    for name, layout in describe_formats().items():
+        typer.echo(f"[{name}]\n{layout}\n")
 
 
 @app.command()
