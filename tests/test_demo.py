@@ -10,6 +10,7 @@ from diti.cli.demo import run_demo
 @pytest.mark.slow
 def test_quick_demo_writes_summary(tmp_path):
     summary = run_demo(tmp_path / "demo", quick=True, steps=4)
+    assert (tmp_path / "demo" / "report.html").read_text().startswith("<!DOCTYPE html>")
     text = summary.read_text()
     data = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert set(data["methods"]) == {"DiTi", "PDAE"}
@@ -18,8 +19,13 @@ def test_quick_demo_writes_summary(tmp_path):
     for method in ("DiTi", "PDAE"):
         acc = [data["methods"][method]["probe"]["per_attribute"][n]["accuracy"] for n in names]
         assert all(0.0 <= a <= 1.0 for a in acc)
-    chunk = data["methods"]["DiTi"]["chunk_probe"]
-    assert len(chunk["accuracy"]) == 4 and set(chunk["best_chunk"]) == set(names)
-    assert "chunk_probe" not in data["methods"]["PDAE"]  # k = 1 has a single chunk
-    assert "| texture |" in text and "Elapsed time per stage" in text
-    assert set(data["elapsed_s"]) >= {"data", "dm", "train DiTi", "train PDAE", "encode", "probe", "total"}
+    # DiTi (k=4): one alignment row per chunk; PDAE: dim slices
+    assert len(data["methods"]["DiTi"]["disentangle"]["alignment"]["group_labels"]) == 4
+    for method in ("DiTi", "PDAE"):
+        assert set(data["methods"][method]["disentangle"]["dci"]) >= {"disentanglement", "completeness"}
+        assert data["methods"][method]["fidelity"]["takes_source"]
+        assert (tmp_path / "demo" / method.lower() / "eval" / "counterfactual.png").is_file()
+    assert "## DiTi: which chunk of z carries each factor" in text and "## PDAE: which chunk" not in text
+    assert "| texture |" in text and "Elapsed time per stage" in text and "attribute loss" in text
+    assert set(data["elapsed_s"]) >= {"data", "dm", "train DiTi", "train PDAE", "encode + probe",
+                                      "disentanglement", "counterfactuals", "fidelity", "attribute loss", "total"}

@@ -1,8 +1,9 @@
 """``diti demo``: the whole pipeline on the embedded shapes data, DiTi vs PDAE with the same budget.
 
 Stages: data -> frozen DM (the one shipped in diti/assets, else `diti pretrain`) -> train DiTi -> train PDAE
--> encode train/test -> linear probe of every factor -> per-chunk probes for DiTi -> summary.md/.json.
-Every stage prints its elapsed time; the summary reports what was measured, whatever it is.
+-> encode + linear probe of every factor -> DCI / MIG / FactorVAE and the partition-attribute alignment ->
+counterfactual grids -> counterfactual fidelity -> the DM's attribute-loss curves -> summary.md/.json and
+report.html. Every stage prints its elapsed time; the summary reports what was measured, whatever it is.
 """
 
 from __future__ import annotations
@@ -16,23 +17,30 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from ..config import DiTiConfig, PretrainConfig, build_config, to_dict
+from ..config import DiTiConfig, PretrainConfig, build_config
 from ..data import generate_shapes
-from ..evaluation.features import encode_dataset, save_features
-from ..evaluation.probe import linear_probe
+from ..evaluation.attribute_loss import attribute_loss
+from ..evaluation.counterfactual import standard_counterfactual_figure
+from ..evaluation.fidelity import counterfactual_fidelity, plot_fidelity
+from ..evaluation.figures import plot_attribute_loss
+from ..evaluation.report import write_report
+from ..evaluation.runs import (
+    disentangle_features,
+    eval_dir,
+    factor_classifier,
+    plot_alignment,
+    probe_features,
+    run_features,
+)
+from ..models.dm import load_dm
 from ..training.jobs import load_diti_run, pretrain, train_diti
 
-DEMO_PRESET = "shapes-demo"
 METHODS = {"DiTi": [], "PDAE": ["partition.k=1"]}
 
 
-def shipped_dm() -> Path | None:
-    """The DM shipped with diti for the demo (trained by `diti pretrain --preset shapes-demo`), if present."""
-    path = Path(str(resources.files("diti") / "assets" / "dm-shapes32"))
-    return path if (path / "model_index.json").is_file() else None
-
-
 class StageTimer:
+    """Times named stages and prints each one's elapsed seconds."""
+
     def __init__(self):
         self.times: dict[str, float] = {}
 
@@ -45,108 +53,168 @@ class StageTimer:
         typer.echo(f"   {name}: {self.times[name]:.1f} s")
 
 
+def shipped_dm() -> Path | None:
+    """The DM shipped with diti for the demo (trained by `diti pretrain --preset shapes-demo`), if present."""
+    path = Path(str(resources.files("diti") / "assets" / "dm-shapes32"))
+    return path if (path / "model_index.json").is_file() else None
+
+
+# Sizes of each stage: the full demo (32 px, 25 minutes on 2 CPU cores) and the quick one the tests run.
+SETTINGS = {
+    "full": dict(preset="shapes-demo", resolution=32, n_train=10000, n_test=2000, dci_train=2000, pairs=4,
+                 cf_steps=50, fidelity_pairs=128, fidelity_steps=25, classifier_epochs=2, al_pairs=32, progress=True),
+    "quick": dict(preset="shapes-quick", resolution=16, n_train=256, n_test=128, dci_train=200, pairs=2,
+                  cf_steps=5, fidelity_pairs=8, fidelity_steps=5, classifier_epochs=1, al_pairs=4, progress=False),
+}
+
+
 def run_demo(out: str | Path, data_seed: int = 0, steps: int | None = None, quick: bool = False) -> Path:
     """Run the demo into ``out``; returns the path of summary.md. ``quick`` shrinks everything (tests)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    s = SETTINGS["quick" if quick else "full"]
     timer = StageTimer()
-    preset = "shapes-quick" if quick else DEMO_PRESET
     extra = [] if steps is None else [f"train.steps={steps}"]
 
     with timer("data"):
-        n_train, n_test = (256, 128) if quick else (10000, 2000)
-        data = generate_shapes(out / "data", resolution=16 if quick else 32, n_train=n_train, n_test=n_test,
-                               seed=data_seed, progress=not quick)
+        data = generate_shapes(out / "data", resolution=s["resolution"], n_train=s["n_train"], n_test=s["n_test"],
+                               seed=data_seed, progress=s["progress"])
 
     with timer("dm"):
         dm = None if quick else shipped_dm()
         if dm is None:
-            cfg = build_config(PretrainConfig, preset, overrides=[f"data.path={json.dumps(str(data))}", *extra])
+            cfg = build_config(PretrainConfig, s["preset"], overrides=[f"data.path={json.dumps(str(data))}", *extra])
             dm = pretrain(cfg, out / "dm-run", resume=(out / "dm-run" / "config.yaml").is_file())
         typer.echo(f"   frozen DM: {dm}")
 
-    runs, features, configs = {}, {}, {}
+    runs: dict[str, Path] = {}
     for method, overrides in METHODS.items():
         with timer(f"train {method}"):
-            cfg = build_config(DiTiConfig, preset, overrides=[
-                f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", *overrides, *extra])
+            cfg = build_config(DiTiConfig, s["preset"], overrides=[
+                f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}",
+                f"train.progress={str(s['progress']).lower()}", *overrides, *extra])
             run = out / method.lower()
             runs[method] = train_diti(cfg, run, resume=(run / "config.yaml").is_file())
-            configs[method] = cfg
-
-    with timer("encode"):
-        for method, run in runs.items():
-            model, cfg = load_diti_run(run)
-            features[method] = {}
-            for split in ("train", "test"):
-                ds = cfg.data.open(split)
-                z = encode_dataset(model.encoder, ds, progress=not quick)
-                save_features(run / f"features_{split}.npy", z, ds.attributes)
-                features[method][split] = (z, ds.attributes)
 
     results: dict = {"data": str(data), "dm": str(dm), "methods": {}}
-    with timer("probe"):
-        for method in runs:
-            (z_tr, a_tr), (z_te, a_te) = features[method]["train"], features[method]["test"]
-            probe = linear_probe((z_tr, a_tr.values), (z_te, a_te.values), "multiclass", names=a_tr.names)
-            part = configs[method].partition.build(configs[method].diffusion.timesteps)
-            entry = {"config": to_dict(configs[method]), "probe": probe.to_dict(),
-                     "partition": part.describe()}
-            if part.k > 1:
-                entry["chunk_probe"] = chunk_probes(z_tr, a_tr, z_te, a_te, part)
-            results["methods"][method] = entry
-        results["chance"] = {
-            name: float(np.bincount(a_te.values[:, i]).max() / len(a_te.values)) for i, name in enumerate(a_te.names)
-        }
+    models = {m: load_diti_run(run) for m, run in runs.items()}
+    with timer("encode + probe"):
+        for method, run in runs.items():
+            model, cfg = models[method]
+            train = run_features(model, cfg, run, data, "train", progress=s["progress"])
+            test = run_features(model, cfg, run, data, "test", progress=s["progress"])
+            probe = probe_features(train, test, task="multiclass")
+            (eval_dir(run) / "probe.json").write_text(json.dumps(probe.to_dict(), indent=2))
+            results["methods"][method] = {"run": str(run), "probe": probe.to_dict(),
+                                          "partition": model.partition.describe()}
+        attrs = test[1]
+        results["chance"] = {n: float(np.bincount(attrs.values[:, i]).max() / len(attrs.values))
+                             for i, n in enumerate(attrs.names)}
+
+    with timer("disentanglement"):
+        for method, run in runs.items():
+            model, cfg = models[method]
+            train = run_features(model, cfg, run, data, "train", progress=False)
+            test = run_features(model, cfg, run, data, "test", progress=False)
+            # one row per chunk for DiTi (k <= 8 here), four dim slices for PDAE
+            dis = disentangle_features(train, test, model.partition, max_train=s["dci_train"],
+                                       max_groups=max(model.partition.k, 4), progress=s["progress"])
+            (eval_dir(run) / "disentangle.json").write_text(json.dumps(dis, indent=2))
+            plot_alignment(dis, eval_dir(run) / "alignment.png", method)
+            results["methods"][method]["disentangle"] = {k: dis[k] for k in ("dci", "mig", "factor_vae", "alignment")}
+
+    with timer("counterfactuals"):
+        for method, run in runs.items():
+            model, cfg = models[method]
+            standard_counterfactual_figure(model, cfg.data.open("test"), eval_dir(run) / "counterfactual.png",
+                                           num_pairs=s["pairs"], num_steps=s["cf_steps"], title=f"{method}")
+
+    with timer("fidelity"):
+        cfg = models["DiTi"][1]
+        train_set, test_set = cfg.data.open("train"), cfg.data.open("test")
+        clf, info = factor_classifier(out / "factor_classifier.safetensors", train_set, test_set,
+                                      s["classifier_epochs"])
+        results["factor_classifier"] = info
+        for method, run in runs.items():
+            fid = counterfactual_fidelity(models[method][0], clf, test_set, num_pairs=s["fidelity_pairs"],
+                                          num_steps=s["fidelity_steps"], progress=s["progress"])
+            (eval_dir(run) / "fidelity.json").write_text(json.dumps({**fid.to_dict(), "classifier": info}, indent=2))
+            plot_fidelity(fid, eval_dir(run) / "fidelity.png", title=method)
+            results["methods"][method]["fidelity"] = fid.to_dict()
+
+    with timer("attribute loss"):
+        dm_eval = out / "dm-eval"
+        dm_eval.mkdir(exist_ok=True)
+        schedule = cfg.diffusion.build()
+        al = attribute_loss(load_dm(dm, schedule), schedule, train_set, max_pairs=s["al_pairs"],
+                            progress=s["progress"])
+        (dm_eval / "attribute_loss.json").write_text(json.dumps(al.to_dict(), indent=2))
+        plot_attribute_loss(al.to_dict(), dm_eval / "attribute_loss.png")
+        results["attribute_loss"] = {"crossing_t": al.crossing_t, "order": al.order, "threshold": al.threshold}
 
     results["elapsed_s"] = dict(timer.times)
     results["elapsed_s"]["total"] = sum(timer.times.values())
     (out / "summary.json").write_text(json.dumps(results, indent=2))
     (out / "summary.md").write_text(format_summary(results))
+    report = write_report(list(runs.values()), out / "report.html", extra_dirs=[dm_eval],
+                          title="diti demo: DiTi vs PDAE on the shapes data")
     typer.echo(format_summary(results))
+    typer.echo(f"report: {report}")
     return out / "summary.md"
-
-
-def chunk_probes(z_tr, a_tr, z_te, a_te, part) -> dict:
-    """Probe accuracy of every factor from each chunk's dims alone: which t-range carries which factor."""
-    acc = np.zeros((part.k, len(a_tr.names)))
-    for i, (lo, hi) in enumerate(part.chunk_dim_ranges):
-        if hi > lo:
-            res = linear_probe((z_tr[:, lo:hi], a_tr.values), (z_te[:, lo:hi], a_te.values), "multiclass",
-                               names=a_tr.names)
-            acc[i] = [res.per_attribute[n]["accuracy"] for n in a_tr.names]
-    best = acc.argmax(0)
-    return {
-        "accuracy": acc.tolist(),
-        "best_chunk": {n: int(best[j]) for j, n in enumerate(a_tr.names)},
-        "best_t_range": {n: list(part.chunk_t_ranges[best[j]]) for j, n in enumerate(a_tr.names)},
-    }
 
 
 def format_summary(results: dict) -> str:
     methods = list(results["methods"])
     names = results["methods"][methods[0]]["probe"]["names"]
+
+    def acc(m, n):
+        return results["methods"][m]["probe"]["per_attribute"][n]["accuracy"]
+
     lines = ["# diti demo: DiTi vs PDAE on the shapes data", "",
              f"Data: `{results['data']}`; frozen DM: `{results['dm']}`.", "",
              "## Linear-probe test accuracy per factor (factors ordered coarse to fine)", "",
              "| factor | chance | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for n in names:
-        row = [f"{results['methods'][m]['probe']['per_attribute'][n]['accuracy']:.3f}" for m in methods]
-        lines.append(f"| {n} | {results['chance'][n]:.3f} | " + " | ".join(row) + " |")
-    means = [f"**{results['methods'][m]['probe']['mean']['accuracy']:.3f}**" for m in methods]
-    lines.append("| mean | | " + " | ".join(means) + " |")
+        lines.append(f"| {n} | {results['chance'][n]:.3f} | " + " | ".join(f"{acc(m, n):.3f}" for m in methods) + " |")
+    lines.append("| mean | | " + " | ".join(f"**{results['methods'][m]['probe']['mean']['accuracy']:.3f}**"
+                                           for m in methods) + " |")
+    if all("disentangle" in results["methods"][m] for m in methods):
+        lines += ["", "## Disentanglement (test codes)", "", "| metric | " + " | ".join(methods) + " |",
+                  "|---|" + "---|" * len(methods)]
+        rows = [("DCI disentanglement", "dci", "disentanglement"), ("DCI completeness", "dci", "completeness"),
+                ("DCI informativeness (GBT test acc)", "dci", "informativeness_test"), ("MIG", "mig", "mig"),
+                ("FactorVAE score", "factor_vae", "eval_accuracy")]
+        for label, group, key in rows:
+            vals = [results["methods"][m]["disentangle"][group][key] for m in methods]
+            lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
     for m in methods:
-        chunk = results["methods"][m].get("chunk_probe")
-        if not chunk:
+        dis = results["methods"][m].get("disentangle")
+        if not dis or len(results["methods"][m]["partition"]) == 1:  # PDAE: one chunk
             continue
+        al = dis["alignment"]
+        share, probe = np.array(al["group_importance_share"]), np.array(al["group_probe_accuracy"])
         lines += ["", f"## {m}: which chunk of z carries each factor", "",
-                  "Probe accuracy from each chunk's dims alone; the best chunk and the time-steps it serves.", "",
-                  "| factor | best chunk | t-range | accuracy from that chunk |", "|---|---|---|---|"]
-        acc = np.array(chunk["accuracy"])
+                  "The chunk holding the largest share of the factor's DCI importance, and the chunk whose dims "
+                  "alone give the best probe accuracy (chance in the first table).", "",
+                  "| factor | top chunk by importance (share) | top chunk by probe (accuracy) |", "|---|---|---|"]
         for j, n in enumerate(names):
-            c = chunk["best_chunk"][n]
-            lo, hi = chunk["best_t_range"][n]
-            lines.append(f"| {n} | {c} | {lo}-{hi} | {acc[c, j]:.3f} |")
+            i, k = int(share[:, j].argmax()), int(probe[:, j].argmax())
+            lines.append(f"| {n} | {al['group_labels'][i]} ({share[i, j]:.2f}) | "
+                         f"{al['group_labels'][k]} ({probe[k, j]:.3f}) |")
+    if all("fidelity" in results["methods"][m] for m in methods):
+        lines += ["", "## Counterfactual fidelity: how often a swapped dim group carries the factor over", "",
+                  "Mean over factors of `takes_source` for each dim group (a factor classifier trained on real "
+                  "images judges the decoded swaps; see fidelity.png in the report).", ""]
+        for m in methods:
+            fid = results["methods"][m]["fidelity"]
+            cells = [f"{label.split(':')[0]}: {np.nanmean(np.array(row, dtype=float)):.2f}"
+                     for label, row in zip(fid["group_labels"], fid["takes_source"], strict=True)]
+            lines.append(f"- {m}: " + "; ".join(cells))
+    if "attribute_loss" in results:
+        al = results["attribute_loss"]
+        lines += ["", f"## The frozen DM's attribute loss: first t where Err >= {al['threshold']}", "",
+                  "| factor | t |", "|---|---|"]
+        lines += [f"| {n} | {al['crossing_t'].get(n)} |" for n in al["order"]]
     lines += ["", "## Elapsed time per stage (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in results["elapsed_s"].items()]
     return "\n".join(lines) + "\n"

@@ -29,7 +29,7 @@ PRETRAIN_PRESETS: dict[str, dict] = {
     "shapes-quick": {"unet": _QUICK_UNET, "train": {**_QUICK_TRAIN, "lr": 1e-3}},
     "shapes-demo": {
         "unet": _SHAPES_UNET,
-        "train": {"steps": 8000, "batch_size": 64, "lr": 2e-4, "ema_decay": 0.999, "checkpoint_every": 500,
+        "train": {"steps": 4000, "batch_size": 64, "lr": 2e-4, "ema_decay": 0.999, "checkpoint_every": 500,
                   "log_every": 100},
     },
 }
