@@ -269,3 +269,20 @@ def test_converted_dm_serves_as_ditis_frozen_dm(pdae_dm, tmp_path):
     torch.testing.assert_close(eps, dm(x, t).sample)
     g.square().mean().backward()
     assert z.grad.abs().sum() > 0
+
+
+def test_convert_dm_cli(pdae_dm, tmp_path):
+    """`diti convert-dm` writes a folder that `diti train --dm` accepts (through load_dm)."""
+    from typer.testing import CliRunner
+
+    from diti.cli.main import app
+    from diti.diffusion.schedule import NoiseSchedule
+    from diti.models.dm import load_dm
+
+    model, ckpt = pdae_dm
+    result = CliRunner().invoke(app, ["convert-dm", str(ckpt), "--out", str(tmp_path / "dm")])
+    assert result.exit_code == 0, result.output
+    assert_same_outputs(model, tmp_path / "dm")
+    load_dm(tmp_path / "dm", NoiseSchedule())
+    bad = CliRunner().invoke(app, ["convert-dm", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output

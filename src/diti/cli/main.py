@@ -419,6 +419,23 @@ def attribute_loss_cmd(
     typer.echo(result.format_table() if hasattr(result, "format_table") else json.dumps(result.to_dict()))
 
 
+@app.command("convert-dm")
+def convert_dm(
+    checkpoint: Path = typer.Argument(..., help="PDAE/DiTi pre-trained-dpms/<name>/checkpoint.pt."),
+    out: Path = typer.Option(..., help="diffusers UNet2DModel folder to write."),
+    config: Path = typer.Option(None, help="Its config.yml (default: the one beside the checkpoint)."),
+    drop_learned_sigma: bool = typer.Option(False, help="Keep only the eps channels of a learn_sigma model."),
+):
+    """Convert an official guided-diffusion-style DM checkpoint into a diffusers folder diti can freeze."""
+    from ..models.convert import convert_guided_dm
+
+    try:
+        path = convert_guided_dm(checkpoint, config, out, drop_learned_sigma=drop_learned_sigma)
+    except USER_ERRORS as err:
+        _fail(err)
+    typer.echo(f"wrote {path}")
+
+
 @app.command()
 def report(
     runs: list[Path] = typer.Argument(..., help="One or more run folders, shown side by side."),
