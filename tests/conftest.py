@@ -51,7 +51,6 @@ def tiny_unet():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, shapes16):
     """A DiTi run (k=4, d=16) trained for 4 steps on a random 16 px DM: for smoke tests of the evaluation."""
-    from diti.config import DiTiConfig
     from diti.diffusion.schedule import NoiseSchedule
     from diti.models.dm import save_dm
     from diti.training.jobs import train_diti
@@ -59,7 +58,21 @@ def tiny_run(tmp_path_factory, shapes16):
     root = tmp_path_factory.mktemp("tiny_run")
     torch.manual_seed(0)
     dm = save_dm(build_unet(QUICK_UNET, 16), root / "dm", NoiseSchedule())
-    cfg = build_config(DiTiConfig, "shapes-quick", overrides=[
-        f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(shapes16))}", "train.steps=4",
-        "train.progress=false"])
-    return train_diti(cfg, root / "run")
+    return train_diti(quick_cfg(dm, shapes16, "train.steps=4"), root / "run")
+
+
+@pytest.fixture
+def random_dm(tmp_path, tiny_unet):
+    """A randomly initialised 16 px DM saved as a diffusers pipeline folder."""
+    from diti.diffusion.schedule import NoiseSchedule
+    from diti.models.dm import save_dm
+
+    return save_dm(tiny_unet, tmp_path / "dm", NoiseSchedule())
+
+
+def quick_cfg(dm, data, *overrides):
+    """The shapes-quick DiTi config on ``dm`` and ``data``, without progress bars, plus overrides."""
+    from diti.config import DiTiConfig
+
+    return build_config(DiTiConfig, "shapes-quick", overrides=[
+        f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", "train.progress=false", *overrides])

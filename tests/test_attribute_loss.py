@@ -21,14 +21,6 @@ from diti.evaluation.attribute_loss import (
 from diti.models.dm import load_dm
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def schedule():
     return NoiseSchedule()

@@ -98,15 +98,6 @@ def assert_same_outputs(reference: torch.nn.Module, out: Path, channels: int | N
     return diff
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (seconds a forward on a shared 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pdae_dm(tmp_path_factory):
     """A PDAE-style pre-trained-dpms folder: the reference model and its checkpoint path."""

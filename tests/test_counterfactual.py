@@ -41,14 +41,6 @@ TINY_UNET = UNetConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_model(partition: Partition) -> DiTiModel:
     """A random 16 px DiTi model whose decoder output is not zero, so z changes the decoded image."""
     torch.manual_seed(0)

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
+from conftest import quick_cfg
 from diti.config import DiTiConfig, build_config
 from diti.diffusion.schedule import NoiseSchedule
 from diti.errors import CheckpointSaveError
@@ -24,16 +25,6 @@ from diti.partition import Partition, chunk_first_timesteps
 from diti.training import checkpoint as ckpt_module
 from diti.training.checkpoint import latest_checkpoint, list_checkpoints
 from diti.training.jobs import load_diti_run, train_diti
-
-
-@pytest.fixture
-def random_dm(tmp_path, tiny_unet):
-    return save_dm(tiny_unet, tmp_path / "dm", NoiseSchedule())
-
-
-def quick_cfg(dm, data, *overrides):
-    return build_config(DiTiConfig, "shapes-quick", overrides=[
-        f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", "train.progress=false", *overrides])
 
 
 def snapshot(ckpt_dir):

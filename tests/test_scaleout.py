@@ -12,20 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diti.config import DiTiConfig, build_config
-from diti.diffusion.schedule import NoiseSchedule
-from diti.models.dm import save_dm
+from conftest import quick_cfg
 from diti.training.jobs import train_diti
-
-
-@pytest.fixture
-def random_dm(tmp_path, tiny_unet):
-    return save_dm(tiny_unet, tmp_path / "dm", NoiseSchedule())
-
-
-def quick_cfg(dm, data, *overrides):
-    return build_config(DiTiConfig, "shapes-quick", overrides=[
-        f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", "train.progress=false", *overrides])
 
 
 def final_weights(run, steps):

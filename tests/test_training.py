@@ -4,23 +4,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diti.config import DiTiConfig, build_config
-from diti.diffusion.schedule import NoiseSchedule
+from conftest import quick_cfg
 from diti.errors import TrainingDiverged
-from diti.models.dm import save_dm
 from diti.training.checkpoint import latest_checkpoint, list_checkpoints
 from diti.training.jobs import load_diti_run, train_diti
 from diti.training.randomness import GlobalBatchSampler, global_batch_indices, step_noise
-
-
-@pytest.fixture
-def random_dm(tmp_path, tiny_unet):
-    return save_dm(tiny_unet, tmp_path / "dm", NoiseSchedule())
-
-
-def quick_cfg(dm, data, *overrides):
-    return build_config(DiTiConfig, "shapes-quick", overrides=[
-        f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", "train.progress=false", *overrides])
 
 
 def test_train_writes_a_complete_run(tmp_path, random_dm, shapes16):
