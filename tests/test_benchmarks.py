@@ -26,3 +26,17 @@ def test_encode_quick(tmp_path, capsys):
     assert "img/s" in capsys.readouterr().out
     assert rows[0]["images"] == 64 and rows[0]["img_per_s"] > 0
     assert json.loads((tmp_path / "r.json").read_text())[0]["size"] == "16px-quick"
+
+
+def test_quality_quick(tmp_path, capsys):
+    main = runpy.run_path(str(BENCH / "quality.py"))["main"]
+    results = main(["--quick", "--variants", "pdae,diti-k4-sg,pixel-pca,random-encoder", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "### Summary" in out and "| diti-k4-sg |" in out and "| pixel-pca |" in out
+    assert set(results["rows"]) == {"pdae/seed0", "diti-k4-sg/seed0", "pixel-pca/seed0", "random-encoder/seed0"}
+    row = results["rows"]["diti-k4-sg/seed0"]
+    assert 0 <= row["probe_mean"] <= 1 and row["fidelity_takes_source"] and row["steps"] == 4
+    assert "fidelity_takes_source" not in results["rows"]["pixel-pca/seed0"]
+    saved = json.loads((tmp_path / "quality.json").read_text())
+    assert saved["machine"]["torch"] and saved["command"].startswith("python benchmarks/quality.py")
+    assert (tmp_path / "quality.md").read_text().startswith("Mean ± std over seeds [0]")

@@ -1,0 +1,235 @@
+"""DiTi vs PDAE vs baselines on the embedded shapes data: probes, DCI, MIG, alignment, fidelity, over seeds.
+
+Every learned variant trains an encoder (+ shift decoder) on one frozen DM with the same budget (steps x
+batch); the baselines need no training: pixel-PCA (the first d principal components of the train pixels)
+and a randomly initialised encoder of the same architecture. Each (variant, seed) is evaluated with the same
+protocol and the table reports mean +- std over seeds. Departures from the official recipe are part of the
+variant's name and listed with its overrides in the output.
+
+    python benchmarks/quality.py                               # full: 3 seeds, every variant (hours on CPU)
+    python benchmarks/quality.py --variants pdae,diti-k8-sg --seeds 0
+    python benchmarks/quality.py --quick                       # minutes; format check (used by the tests)
+
+Writes OUT/quality.json (every number) and OUT/quality.md (the tables), OUT defaulting to
+runs/bench-quality; runs already finished in OUT are reused (a killed benchmark resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diti import __version__
+from diti.cli.demo import shipped_dm
+from diti.config import DiTiConfig, PretrainConfig, build_config
+from diti.data import generate_shapes
+from diti.evaluation.features import encode_dataset
+from diti.evaluation.fidelity import counterfactual_fidelity
+from diti.evaluation.runs import disentangle_features, factor_classifier, probe_features, run_features
+from diti.models.diti import DiTiModel
+from diti.models.dm import load_dm
+from diti.partition import Partition
+from diti.training.jobs import load_diti_run, pretrain, train_diti
+
+# name -> (description, config overrides on top of the base preset). "sg" = stop_grad.
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "pdae": ("PDAE (k=1)", ["partition.k=1", "partition.mode=base"]),
+    "diti-k8-base": ("DiTi balanced k=8, base", ["partition.k=8", "partition.mode=base"]),
+    "diti-k8-sg": ("DiTi balanced k=8, stop_grad", ["partition.k=8", "partition.mode=stop_grad"]),
+    "diti-k4-sg": ("DiTi balanced k=4, stop_grad", ["partition.k=4", "partition.mode=stop_grad"]),
+    "diti-imb-sg": ("DiTi imbalanced k=16 (stages 100/300/500/1000, dims 8/24/16/16), stop_grad",
+                    ["partition.k=16", "partition.stages=[100,300,500,1000]",
+                     "partition.dims_per_stage=[8,24,16,16]", "partition.mode=stop_grad"]),
+    "diti-k8-sg-chunkbal": ("DiTi k=8 stop_grad + chunk-balanced t sampling (departure)",
+                            ["partition.k=8", "partition.mode=stop_grad", "objective.timestep_sampling=chunk_balanced"]),
+    "diti-k8-sg-unitw": ("DiTi k=8 stop_grad + uniform loss weight (departure)",
+                         ["partition.k=8", "partition.mode=stop_grad", "objective.weighting=uniform"]),
+}
+BASELINES = {"pixel-pca": "first d principal components of the pixels", "random-encoder": "untrained encoder"}
+
+SETTINGS = {
+    "full": dict(preset="shapes-demo", resolution=32, n_train=10000, n_test=2000, dci_train=2000,
+                 fidelity_pairs=128, fidelity_steps=25, classifier_epochs=2, seeds="0,1,2"),
+    "quick": dict(preset="shapes-quick", resolution=16, n_train=256, n_test=128, dci_train=200,
+                  fidelity_pairs=8, fidelity_steps=5, classifier_epochs=1, seeds="0"),
+}
+
+
+def evaluate(train, test, partition: Partition, model, clf, test_set, s, seed) -> dict:
+    """Probe, DCI/MIG/FactorVAE + alignment and (for learned models) fidelity of one code."""
+    probe = probe_features(train, test, task="multiclass", seed=seed)
+    dis = disentangle_features(train, test, partition, max_train=s["dci_train"], max_groups=max(partition.k, 4),
+                               seed=seed, progress=False)
+    share = np.array(dis["alignment"]["group_importance_share"])
+    row = {
+        "probe": {n: probe.per_attribute[n]["accuracy"] for n in probe.names},
+        "probe_mean": probe.mean["accuracy"],
+        "dci_d": dis["dci"]["disentanglement"], "dci_c": dis["dci"]["completeness"],
+        "dci_i": dis["dci"]["informativeness_test"], "mig": dis["mig"]["mig"],
+        "factor_vae": dis["factor_vae"]["eval_accuracy"],
+        "alignment_groups": dis["alignment"]["group_labels"],
+        "top_group": {n: int(share[:, j].argmax()) for j, n in enumerate(dis["factors"])},
+        "importance_share": dis["alignment"]["group_importance_share"],
+    }
+    if model is not None:
+        fid = counterfactual_fidelity(model, clf, test_set, num_pairs=s["fidelity_pairs"],
+                                      num_steps=s["fidelity_steps"], seed=seed, progress=False)
+        row["fidelity_takes_source"] = fid.to_dict()["takes_source"]
+        row["fidelity_groups"] = fid.group_labels
+    return row
+
+
+def pixel_pca(train_set, test_set, d: int, seed: int):
+    from sklearn.decomposition import PCA
+
+    x_tr = train_set.images(np.arange(len(train_set))).reshape(len(train_set), -1).astype(np.float32) / 255
+    x_te = test_set.images(np.arange(len(test_set))).reshape(len(test_set), -1).astype(np.float32) / 255
+    pca = PCA(n_components=d, random_state=seed).fit(x_tr)
+    return pca.transform(x_tr).astype(np.float32), pca.transform(x_te).astype(np.float32)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default=",".join([*VARIANTS, *BASELINES]))
+    p.add_argument("--seeds", default=None, help="comma list (default 0,1,2; quick: 0)")
+    p.add_argument("--steps", type=int, default=None, help="training steps of every learned variant")
+    p.add_argument("--dm", default=None, help="frozen DM (default: the shipped demo DM)")
+    p.add_argument("--out", default="runs/bench-quality")
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    s = SETTINGS["quick" if args.quick else "full"]
+    seeds = [int(x) for x in (args.seeds or s["seeds"]).split(",")]
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS and v not in BASELINES]
+    if unknown:
+        p.error(f"unknown variants {unknown}; choose from {[*VARIANTS, *BASELINES]}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+
+    data = generate_shapes(out / "data", resolution=s["resolution"], n_train=s["n_train"], n_test=s["n_test"],
+                           seed=0, progress=False)
+    dm = Path(args.dm) if args.dm else (None if args.quick else shipped_dm())
+    if dm is None:
+        steps = ["train.steps=20"] if args.quick else []
+        cfg = build_config(PretrainConfig, s["preset"], overrides=[f"data.path={json.dumps(str(data))}",
+                                                                    "train.progress=false", *steps])
+        dm = pretrain(cfg, out / "dm-run", resume=(out / "dm-run" / "config.yaml").is_file())
+    base = build_config(DiTiConfig, s["preset"], overrides=[f"dm={json.dumps(str(dm))}",
+                                                             f"data.path={json.dumps(str(data))}"])
+    train_set, test_set = base.data.open("train"), base.data.open("test")
+    clf, clf_info = factor_classifier(out / "factor_classifier.safetensors", train_set, test_set,
+                                      s["classifier_epochs"])
+    d = base.partition.latent_dim
+
+    results: dict = {"rows": {}, "variants": {}, "settings": s, "seeds": seeds}
+    for variant in variants:
+        results["variants"][variant] = VARIANTS[variant] if variant in VARIANTS else (BASELINES[variant], [])
+        for seed in seeds:
+            key = f"{variant}/seed{seed}"
+            print(f"== {key}", flush=True)
+            if variant in VARIANTS:
+                overrides = [*VARIANTS[variant][1], f"train.seed={seed}", "train.progress=false"]
+                if args.steps or args.quick:
+                    overrides.append(f"train.steps={args.steps or 4}")
+                cfg = build_config(DiTiConfig, s["preset"], overrides=[
+                    f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", *overrides])
+                run = out / variant / f"seed{seed}"
+                t0 = time.time()
+                train_diti(cfg, run, resume=(run / "config.yaml").is_file())
+                model, cfg = load_diti_run(run)
+                train = run_features(model, cfg, run, data, "train", progress=False)
+                test = run_features(model, cfg, run, data, "test", progress=False)
+                row = evaluate(train, test, model.partition, model, clf, test_set, s, seed)
+                row["train_minutes"] = (time.time() - t0) / 60
+                row["steps"] = cfg.train.steps
+            else:
+                part = Partition(d, 1, 1000)
+                if variant == "pixel-pca":
+                    z_tr, z_te = pixel_pca(train_set, test_set, d, seed)
+                    train, test = (z_tr, train_set.attributes), (z_te, test_set.attributes)
+                else:
+                    torch.manual_seed(seed)
+                    cfg = build_config(DiTiConfig, s["preset"], overrides=[f"dm={json.dumps(str(dm))}",
+                                                                           f"data.path={json.dumps(str(data))}"])
+                    model = DiTiModel.from_config(cfg, load_dm(dm)).eval()
+                    train = (encode_dataset(model.encoder, train_set, progress=False), train_set.attributes)
+                    test = (encode_dataset(model.encoder, test_set, progress=False), test_set.attributes)
+                row = evaluate(train, test, part, None, clf, test_set, s, seed)
+            results["rows"][key] = row
+            (out / "quality.json").write_text(json.dumps(results, indent=2))
+    results["classifier"] = clf_info
+    results["machine"] = {"cpu": _cpu(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                          "diti": __version__, "python": platform.python_version()}
+    results["date"] = date.today().isoformat()
+    results["command"] = " ".join(["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])
+    results["minutes"] = (time.time() - start) / 60
+    (out / "quality.json").write_text(json.dumps(results, indent=2))
+    (out / "quality.md").write_text(format_tables(results))
+    print(format_tables(results))
+    return results
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def _ms(values) -> str:
+    values = np.asarray(values, dtype=float)
+    return f"{values.mean():.3f}" if len(values) == 1 else f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def format_tables(results: dict) -> str:
+    rows, seeds = results["rows"], results["seeds"]
+    variants = list(results["variants"])
+    factors = list(next(iter(rows.values()))["probe"])
+    lines = [f"Mean ± std over seeds {seeds}.", "", "### Summary", "",
+             "| variant | probe mean | DCI-D | DCI-C | DCI-I | MIG | FactorVAE |", "|---|---|---|---|---|---|---|"]
+    for v in variants:
+        rs = [rows[f"{v}/seed{s}"] for s in seeds if f"{v}/seed{s}" in rows]
+        if rs:
+            cells = [_ms([r[k] for r in rs]) for k in ("probe_mean", "dci_d", "dci_c", "dci_i", "mig", "factor_vae")]
+            lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    lines += ["", "### Probe accuracy per factor (coarse to fine)", "",
+              "| variant | " + " | ".join(factors) + " |", "|---|" + "---|" * len(factors)]
+    for v in variants:
+        rs = [rows[f"{v}/seed{s}"] for s in seeds if f"{v}/seed{s}" in rows]
+        if rs:
+            lines.append(f"| {v} | " + " | ".join(_ms([r["probe"][f] for r in rs]) for f in factors) + " |")
+    lines += ["", "### Alignment: dim group holding the largest share of each factor's importance (per seed)", "",
+              "| variant | " + " | ".join(factors) + " |", "|---|" + "---|" * len(factors)]
+    for v in variants:
+        rs = [rows[f"{v}/seed{s}"] for s in seeds if f"{v}/seed{s}" in rows]
+        if rs:
+            cells = ["/".join(str(r["top_group"][f]) for r in rs) for f in factors]
+            lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    lines += ["", "### Counterfactual fidelity: mean over factors of takes_source, per dim group", ""]
+    for v in variants:
+        rs = [rows[f"{v}/seed{s}"] for s in seeds if f"{v}/seed{s}" in rows and "fidelity_takes_source" in
+              rows[f"{v}/seed{s}"]]
+        if rs:
+            per_group = np.array([[np.nanmean(np.array(g, dtype=float)) for g in r["fidelity_takes_source"]]
+                                  for r in rs])
+            labels = rs[0]["fidelity_groups"]
+            lines.append(f"- {v}: " + "; ".join(f"{labels[i].split(':')[0]} {_ms(per_group[:, i])}"
+                                                 for i in range(len(labels))))
+    lines += ["", "### Variants", ""]
+    lines += [f"- `{v}`: {desc}" + (f" — `{' '.join(ov)}`" if ov else "") for v, (desc, ov) in
+              results["variants"].items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
