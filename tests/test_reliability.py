@@ -5,11 +5,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -198,3 +200,105 @@ def test_k1_equals_pdae(d, timesteps):
     z = torch.randn(3, d)
     t = torch.randint(0, timesteps, (3,))
     assert torch.equal(p.apply(z, t, "base"), z) and torch.equal(p.apply(z, t, "stop_grad"), z)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input through the command line: one line naming the problem (exit 2), existing checkpoints intact.
+@pytest.fixture
+def folder_run(tmp_path, random_dm, shapes16):
+    """A 2-step run on an image-folder copy of the shapes data (PNG files + attributes.csv)."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from diti.cli.main import app
+    from diti.data import open_dataset
+
+    data = tmp_path / "folder"
+    data.mkdir()
+    ds = open_dataset(shapes16, "train")
+    images = ds.images(list(range(24)))
+    rows = ["file," + ",".join(ds.attributes.names)]
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(data / f"{i:03d}.png")
+        rows.append(f"{i:03d}.png," + ",".join(str(v) for v in ds.attributes.values[i]))
+    (data / "attributes.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    args = ["train", "--preset", "shapes-quick", "--dm", str(random_dm), "--data", str(data), "--out", str(run),
+            "--steps", "2", "-s", "train.batch_size=8", "-s", "train.progress=false"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return run, data
+
+
+def _corrupt(data):
+    (data / "005.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+
+
+def _truncate(data):
+    raw = (data / "007.png").read_bytes()
+    (data / "007.png").write_bytes(raw[: len(raw) // 2])
+
+
+def _drop_attribute_row(data):
+    lines = (data / "attributes.csv").read_text().splitlines()
+    (data / "attributes.csv").write_text("\n".join(line for line in lines if not line.startswith("003.png")) + "\n")
+
+
+def _old_run_format(run):
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "run_format": 0, "diti_version": "0.0.1"}))
+
+
+@pytest.mark.parametrize(
+    "damage, extra, message",
+    [
+        (_corrupt, [], r"cannot read image .*005\.png"),
+        (_truncate, [], r"cannot read image .*007\.png"),
+        (_drop_attribute_row, [], r"003\.png"),
+        (None, ["-s", "train.lr_rate=1"], r"unknown config key 'train.lr_rate'"),
+        (None, ["-s", "train.lr=fast"], r"train.lr: expected a number"),
+        (None, ["-s", "partition.k=0"], r"k must be in \[1, timesteps=1000\], got k=0"),
+        (None, ["-s", "partition.k=17"], r"k <= latent_dim"),
+        (None, ["-s", "data.resolution=32"], r"data.resolution differ from its config.yaml"),
+        ("meta", [], r"written by diti 0.0.1 with run format 0"),
+    ],
+    ids=["corrupt-image", "truncated-image", "missing-attribute-row", "unknown-key", "wrong-type",
+         "k-zero", "k-above-d", "wrong-resolution", "old-run-format"],
+)
+def test_bad_input_on_resume_names_the_problem_and_keeps_checkpoints(folder_run, damage, extra, message):
+    from typer.testing import CliRunner
+
+    from diti.cli.main import app
+
+    run, data = folder_run
+    before = snapshot(run / "checkpoints")
+    if damage == "meta":
+        _old_run_format(run)
+    elif damage is not None:
+        damage(data)
+    result = CliRunner().invoke(app, ["train", "--out", str(run), "--resume", "--steps", "4", *extra])
+    assert result.exit_code == 2, result.output
+    assert re.search(message, result.output), result.output
+    assert "Traceback" not in result.output
+    assert snapshot(run / "checkpoints") == before
+
+
+def test_grayscale_rgba_and_16bit_images_are_converted(tmp_path, random_dm):
+    """Not errors: such images are converted to RGB (alpha composited on white, 16 bit scaled to 8)."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from diti.cli.main import app
+
+    data = tmp_path / "mixed"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8), "L").save(data / f"g{i}.png")
+        Image.fromarray(rng.integers(0, 255, (20, 20, 4), dtype=np.uint8), "RGBA").save(data / f"a{i}.png")
+        Image.fromarray(rng.integers(0, 65535, (20, 20), dtype=np.uint16)).save(data / f"w{i}.png")
+    result = CliRunner().invoke(app, ["train", "--preset", "shapes-quick", "--dm", str(random_dm), "--data", str(data),
+                                      "--out", str(tmp_path / "run"), "--steps", "2", "-s", "train.batch_size=4",
+                                      "-s", "train.progress=false", "-s", "data.resolution=16"])
+    assert result.exit_code == 0, result.output
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step-00000002"
