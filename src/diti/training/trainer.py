@@ -130,8 +130,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------
     def run(self) -> None:
+        """Train from ``self.step`` to ``cfg.steps``: setup, then one ``train_step`` per optimizer step."""
         cfg, acc = self.cfg, self.acc
-        device = acc.device
         if cfg.channels_last:
             self.module.to(memory_format=torch.channels_last)
         model, optimizer = acc.prepare(self.module, self.optimizer)
@@ -151,42 +151,15 @@ class Trainer:
         window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
         model.train()
         while self.step < cfg.steps:
-            seed_step(cfg.seed, self.step, acc.process_index)
-            t_all, noise_all, flip_all = step_noise(
-                cfg.batch_size, sample_shape, self.timesteps, self.step, cfg.seed, self.t_probs
-            )
-            step_loss = torch.zeros((), device=device)
-            for a in range(cfg.grad_accum_steps):
-                lo = micro_slice(a, acc.process_index, acc.num_processes, self.micro)
-                x0 = next(batches).to(device, non_blocking=True)
-                if cfg.channels_last:
-                    x0 = x0.contiguous(memory_format=torch.channels_last)
-                t = t_all[lo : lo + self.micro].to(device)
-                noise = noise_all[lo : lo + self.micro].to(device)
-                if self.hflip:
-                    flip = flip_all[lo : lo + self.micro].to(device)
-                    x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-                sync = a == cfg.grad_accum_steps - 1
-                with nullcontext() if sync else acc.no_sync(model), acc.autocast():
-                    out = model(x0, t, noise)
-                    acc.backward(out.mean / cfg.grad_accum_steps)
-                step_loss += out.mean.detach() / cfg.grad_accum_steps
-                self._record(acc.gather(out.per_sample.detach().float()), acc.gather(out.t))
-            loss_value = acc.reduce(step_loss, reduction="mean").item()
+            loss_value = self.train_step(model, optimizer, batches, sample_shape)
             if not math.isfinite(loss_value):
                 bar.close()
                 raise TrainingDiverged(
                     f"loss is {loss_value} at step {self.step + 1}; stopped without saving. The last good "
                     f"checkpoint is {latest_checkpoint(self.ckpt_dir) or 'none (no checkpoint yet)'}"
                 )
-            if cfg.grad_clip is not None:
-                acc.clip_grad_norm_(self.module.trainable_parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            self.ema.update(self.step)
             self.step += 1
-            window_loss += loss_value
-            window_n += 1
+            window_loss, window_n = window_loss + loss_value, window_n + 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4g}")
             if acc.is_main_process and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
@@ -200,6 +173,44 @@ class Trainer:
                     self.save()
         bar.close()
         acc.wait_for_everyone()
+
+    def train_step(self, model, optimizer, batches, sample_shape: tuple[int, ...]) -> float:
+        """One optimizer step over the global batch of ``self.step``; returns its mean loss.
+
+        The step's t, eps and flips are drawn for the whole global batch and each micro-batch of each process
+        takes its slice (training/randomness.py). The optimizer does not step on a non-finite loss.
+        """
+        cfg, acc = self.cfg, self.acc
+        device = acc.device
+        seed_step(cfg.seed, self.step, acc.process_index)
+        t_all, noise_all, flip_all = step_noise(
+            cfg.batch_size, sample_shape, self.timesteps, self.step, cfg.seed, self.t_probs
+        )
+        step_loss = torch.zeros((), device=device)
+        for a in range(cfg.grad_accum_steps):
+            lo = micro_slice(a, acc.process_index, acc.num_processes, self.micro)
+            x0 = next(batches).to(device, non_blocking=True)
+            if cfg.channels_last:
+                x0 = x0.contiguous(memory_format=torch.channels_last)
+            t = t_all[lo : lo + self.micro].to(device)
+            noise = noise_all[lo : lo + self.micro].to(device)
+            if self.hflip:
+                flip = flip_all[lo : lo + self.micro].to(device)
+                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+            sync = a == cfg.grad_accum_steps - 1  # gradients are all-reduced on the last micro-batch only
+            with nullcontext() if sync else acc.no_sync(model), acc.autocast():
+                out = model(x0, t, noise)
+                acc.backward(out.mean / cfg.grad_accum_steps)
+            step_loss += out.mean.detach() / cfg.grad_accum_steps
+            self._record(acc.gather(out.per_sample.detach().float()), acc.gather(out.t))
+        loss_value = acc.reduce(step_loss, reduction="mean").item()
+        if math.isfinite(loss_value):
+            if cfg.grad_clip is not None:
+                acc.clip_grad_norm_(self.module.trainable_parameters(), cfg.grad_clip)
+            optimizer.step()
+            self.ema.update(self.step)
+        optimizer.zero_grad(set_to_none=True)
+        return loss_value
 
     def _record(self, per_sample: torch.Tensor, t: torch.Tensor) -> None:
         if self.acc.is_main_process:
