@@ -320,7 +320,7 @@ def manipulate(
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
     out: Path = typer.Option(None, help="PNG to write (default RUN/eval/manipulate-ATTRIBUTE.png)."),
 ):
-    """ProbMask attribute edit with d' dims of z (PAPER.md), decoded with DDIM: a grid PNG."""
+    """ProbMask attribute edit with d' dims of z (as in the DiTi paper), decoded with DDIM: a grid PNG."""
     from ..evaluation.manipulate import fit_probmask, manipulation_figure
     from ..evaluation.runs import eval_dir, run_features
 
@@ -508,7 +508,7 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Demo folder."),
     data_seed: int = typer.Option(0, help="Seed of the shapes data."),
 ):
-    """The end-to-end demo on the embedded shapes data: DiTi vs PDAE, probes, summary."""
+    """The end-to-end demo on the embedded shapes data: DiTi vs PDAE, every evaluation, summary and report."""
     from .demo import run_demo
 
     try:
