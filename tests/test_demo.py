@@ -27,5 +27,6 @@ def test_quick_demo_writes_summary(tmp_path):
         assert (tmp_path / "demo" / method.lower() / "eval" / "counterfactual.png").is_file()
     assert "## DiTi: which chunk of z carries each factor" in text and "## PDAE: which chunk" not in text
     assert "| texture |" in text and "Elapsed time per stage" in text and "attribute loss" in text
+    assert "{" not in text  # every placeholder was formatted
     assert set(data["elapsed_s"]) >= {"data", "dm", "train DiTi", "train PDAE", "encode + probe",
                                       "disentanglement", "counterfactuals", "fidelity", "attribute loss", "total"}

@@ -62,7 +62,7 @@ def shipped_dm() -> Path | None:
 # Sizes of each stage: the full demo (32 px, 25 minutes on 2 CPU cores) and the quick one the tests run.
 SETTINGS = {
     "full": dict(preset="shapes-demo", resolution=32, n_train=10000, n_test=2000, dci_train=2000, pairs=4,
-                 cf_steps=100, fidelity_pairs=96, fidelity_steps=50, classifier_epochs=2, al_pairs=32, progress=True),
+                 cf_steps=50, fidelity_pairs=48, fidelity_steps=50, classifier_epochs=2, al_pairs=16, progress=True),
     "quick": dict(preset="shapes-quick", resolution=16, n_train=256, n_test=128, dci_train=200, pairs=2,
                   cf_steps=5, fidelity_pairs=8, fidelity_steps=5, classifier_epochs=1, al_pairs=4, progress=False),
 }
@@ -181,7 +181,7 @@ def format_summary(results: dict) -> str:
              f"Settings (preset `{settings['preset']}`): d = {settings['latent_dim']}, DiTi k = {settings['k']} "
              f"({settings['partition']}, {settings['mode']}), PDAE k = 1; {settings['steps']} steps of batch "
              f"{settings['batch_size']}, Adam lr {settings['lr']:g} (the official recipe uses 1e-4 for ~300k steps; "
-             "a short CPU budget needs a larger step), EMA {settings['ema_decay']}.", "",
+             f"a short CPU budget needs a larger step), EMA {settings['ema_decay']}.", "",
              "## Linear-probe test accuracy per factor (factors ordered coarse to fine)", "",
              "| factor | chance | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for n in names:

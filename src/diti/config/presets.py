@@ -69,7 +69,7 @@ DITI_PRESETS: dict[str, dict] = {
     "shapes-demo": {
         "partition": {"latent_dim": 64, "k": 8, "stages": None, "dims_per_stage": None, "mode": "stop_grad"},
         "encoder": {"channels": [32, 64, 64], "attn_resolutions": [], "norm_groups": 16},
-        "train": {"steps": 600, "batch_size": 64, "lr": 1e-3, "ema_decay": 0.999, "checkpoint_every": 200,
+        "train": {"steps": 500, "batch_size": 64, "lr": 1e-3, "ema_decay": 0.999, "checkpoint_every": 100,
                   "log_every": 50},
     },
 }
