@@ -96,12 +96,50 @@ def pixel_pca(train_set, test_set, d: int, seed: int):
     return pca.transform(x_tr).astype(np.float32), pca.transform(x_te).astype(np.float32)
 
 
+def run_one(variant: str, seed: int, s: dict, data: str, dm: str, out: str, steps: int | None,
+            threads: int | None) -> dict:
+    """Train (learned variants) and evaluate one (variant, seed); a top-level function so a process pool can
+    run several at once (``--jobs``), each with ``threads`` intra-op threads."""
+    if threads:
+        torch.set_num_threads(threads)
+    data, dm, out = Path(data), Path(dm), Path(out)
+    base = build_config(DiTiConfig, s["preset"], overrides=[f"dm={json.dumps(str(dm))}",
+                                                             f"data.path={json.dumps(str(data))}"])
+    train_set, test_set = base.data.open("train"), base.data.open("test")
+    clf, _ = factor_classifier(out / "factor_classifier.safetensors", train_set, test_set)  # trained by main()
+    if variant in VARIANTS:
+        overrides = [*VARIANTS[variant][1], f"train.seed={seed}", "train.progress=false"]
+        if steps:
+            overrides.append(f"train.steps={steps}")
+        cfg = build_config(DiTiConfig, s["preset"], overrides=[
+            f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", *overrides])
+        run = out / variant / f"seed{seed}"
+        t0 = time.time()
+        train_diti(cfg, run, resume=(run / "config.yaml").is_file())
+        minutes = (time.time() - t0) / 60
+        model, cfg = load_diti_run(run)
+        train = run_features(model, cfg, run, data, "train", progress=False)
+        test = run_features(model, cfg, run, data, "test", progress=False)
+        row = evaluate(train, test, model.partition, model, clf, test_set, s, seed)
+        row.update(train_minutes=minutes, steps=cfg.train.steps)
+        return row
+    part = Partition(base.partition.latent_dim, 1, 1000)
+    if variant == "pixel-pca":
+        z_tr, z_te = pixel_pca(train_set, test_set, base.partition.latent_dim, seed)
+    else:  # an untrained encoder of the same architecture
+        torch.manual_seed(seed)
+        model = DiTiModel.from_config(base, load_dm(dm)).eval()
+        z_tr, z_te = (encode_dataset(model.encoder, ds, progress=False) for ds in (train_set, test_set))
+    return evaluate((z_tr, train_set.attributes), (z_te, test_set.attributes), part, None, clf, test_set, s, seed)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", default=",".join([*VARIANTS, *BASELINES]))
     p.add_argument("--seeds", default=None, help="comma list (default 0,1,2; quick: 0)")
     p.add_argument("--steps", type=int, default=None, help="training steps of every learned variant")
     p.add_argument("--dm", default=None, help="frozen DM (default: the shipped demo DM)")
+    p.add_argument("--jobs", type=int, default=1, help="(variant, seed) jobs in parallel, one thread each")
     p.add_argument("--out", default="runs/bench-quality")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
@@ -126,49 +164,36 @@ def main(argv=None) -> dict:
     base = build_config(DiTiConfig, s["preset"], overrides=[f"dm={json.dumps(str(dm))}",
                                                              f"data.path={json.dumps(str(data))}"])
     train_set, test_set = base.data.open("train"), base.data.open("test")
-    clf, clf_info = factor_classifier(out / "factor_classifier.safetensors", train_set, test_set,
-                                      s["classifier_epochs"])
-    d = base.partition.latent_dim
+    _, clf_info = factor_classifier(out / "factor_classifier.safetensors", train_set, test_set,
+                                    s["classifier_epochs"])
 
     results: dict = {"rows": {}, "variants": {}, "settings": s, "seeds": seeds}
-    for variant in variants:
-        results["variants"][variant] = VARIANTS[variant] if variant in VARIANTS else (BASELINES[variant], [])
-        for seed in seeds:
-            key = f"{variant}/seed{seed}"
-            print(f"== {key}", flush=True)
-            if variant in VARIANTS:
-                overrides = [*VARIANTS[variant][1], f"train.seed={seed}", "train.progress=false"]
-                if args.steps or args.quick:
-                    overrides.append(f"train.steps={args.steps or 4}")
-                cfg = build_config(DiTiConfig, s["preset"], overrides=[
-                    f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", *overrides])
-                run = out / variant / f"seed{seed}"
-                t0 = time.time()
-                train_diti(cfg, run, resume=(run / "config.yaml").is_file())
-                model, cfg = load_diti_run(run)
-                train = run_features(model, cfg, run, data, "train", progress=False)
-                test = run_features(model, cfg, run, data, "test", progress=False)
-                row = evaluate(train, test, model.partition, model, clf, test_set, s, seed)
-                row["train_minutes"] = (time.time() - t0) / 60
-                row["steps"] = cfg.train.steps
-            else:
-                part = Partition(d, 1, 1000)
-                if variant == "pixel-pca":
-                    z_tr, z_te = pixel_pca(train_set, test_set, d, seed)
-                    train, test = (z_tr, train_set.attributes), (z_te, test_set.attributes)
-                else:
-                    torch.manual_seed(seed)
-                    cfg = build_config(DiTiConfig, s["preset"], overrides=[f"dm={json.dumps(str(dm))}",
-                                                                           f"data.path={json.dumps(str(data))}"])
-                    model = DiTiModel.from_config(cfg, load_dm(dm)).eval()
-                    train = (encode_dataset(model.encoder, train_set, progress=False), train_set.attributes)
-                    test = (encode_dataset(model.encoder, test_set, progress=False), test_set.attributes)
-                row = evaluate(train, test, part, None, clf, test_set, s, seed)
-            results["rows"][key] = row
-            (out / "quality.json").write_text(json.dumps(results, indent=2))
+    jobs = [(v, seed) for v in variants for seed in seeds]
+    for v in variants:
+        results["variants"][v] = VARIANTS[v] if v in VARIANTS else (BASELINES[v], [])
+    steps = args.steps or (4 if args.quick else None)
+    common = (s, str(data), str(dm), str(out), steps, 1 if args.jobs > 1 else None)
+
+    def record(variant, seed, row):
+        results["rows"][f"{variant}/seed{seed}"] = row
+        (out / "quality.json").write_text(json.dumps(results, indent=2))
+        print(f"== {variant}/seed{seed}: probe mean {row['probe_mean']:.3f}, DCI-D {row['dci_d']:.3f}", flush=True)
+
+    if args.jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(run_one, v, seed, *common): (v, seed) for v, seed in jobs}
+            for future, (v, seed) in futures.items():
+                record(v, seed, future.result())
+    else:
+        for v, seed in jobs:
+            record(v, seed, run_one(v, seed, *common))
+    results["rows"] = {f"{v}/seed{seed}": results["rows"][f"{v}/seed{seed}"] for v, seed in jobs}  # job order
     results["classifier"] = clf_info
-    results["machine"] = {"cpu": _cpu(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "diti": __version__, "python": platform.python_version()}
+    results["machine"] = {"cpu": _cpu(), "threads": torch.get_num_threads(), "jobs": args.jobs,
+                          "torch": torch.__version__, "diti": __version__, "python": platform.python_version()}
     results["date"] = date.today().isoformat()
     results["command"] = " ".join(["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])
     results["minutes"] = (time.time() - start) / 60
