@@ -45,19 +45,22 @@ SIZES = {
 }
 
 
-def build(size: str, device: torch.device):
+def build(size: str, device: torch.device, which: tuple[str, ...] = ("ddpm", "diti")):
+    """(resolution, DDPM objective or None, DiTi model or None) on the same randomly initialised UNet."""
     resolution, unet_cfg, preset = SIZES[size]
     torch.manual_seed(0)
-    unet = build_unet(unet_cfg, resolution).to(device)
-    schedule = NoiseSchedule().to(device)
-    ddpm = DDPMObjective(unet, schedule).to(device).train()
-    cfg: DiTiConfig = build_config(DiTiConfig, preset)
-    frozen = build_unet(unet_cfg, resolution)
-    frozen.load_state_dict(unet.state_dict())
-    enc = cfg.encoder
-    encoder = Encoder(resolution, cfg.partition.latent_dim, 3, enc.channels, enc.attn_resolutions, enc.norm_groups,
-                      enc.attn_heads)
-    diti = DiTiModel(frozen, encoder, cfg.partition.build(1000), NoiseSchedule(), cfg.partition.mode).to(device).train()
+    unet = build_unet(unet_cfg, resolution)
+    ddpm = DDPMObjective(unet, NoiseSchedule()).to(device).train() if "ddpm" in which else None
+    diti = None
+    if "diti" in which:
+        cfg: DiTiConfig = build_config(DiTiConfig, preset)
+        frozen = build_unet(unet_cfg, resolution)
+        frozen.load_state_dict(unet.state_dict())
+        enc = cfg.encoder
+        encoder = Encoder(resolution, cfg.partition.latent_dim, 3, enc.channels, enc.attn_resolutions,
+                          enc.norm_groups, enc.attn_heads)
+        diti = DiTiModel(frozen, encoder, cfg.partition.build(1000), NoiseSchedule(), cfg.partition.mode)
+        diti = diti.to(device).train()
     return resolution, ddpm, diti
 
 
@@ -145,10 +148,11 @@ def cpu_peak_memory(args, size) -> dict:
 
     out = {}
     for name in ("ddpm", "diti"):
+        # only this variant's model is built in the process, so its peak RSS is its own
         code = (
             "import resource, runpy, torch; "
             f"b = runpy.run_path({__file__!r}); "
-            f"r, d, m = b['build']({size!r}, torch.device('cpu')); "
+            f"r, d, m = b['build']({size!r}, torch.device('cpu'), ({name!r},)); "
             f"mod = d if {name!r} == 'ddpm' else m; "
             f"params = list(d.parameters()) if {name!r} == 'ddpm' else m.trainable_parameters(); "
             f"s = b['make_step'](mod, params, {args.batch}, r, torch.device('cpu'), b['nullcontext']); s(); s(); "
