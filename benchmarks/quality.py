@@ -48,15 +48,19 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "diti-imb-sg": ("DiTi imbalanced k=16 (stages 100/300/500/1000, dims 8/24/16/16), stop_grad",
                     ["partition.k=16", "partition.stages=[100,300,500,1000]",
                      "partition.dims_per_stage=[8,24,16,16]", "partition.mode=stop_grad"]),
-    "diti-k8-sg-chunkbal": ("DiTi k=8 stop_grad + chunk-balanced t sampling (departure)",
-                            ["partition.k=8", "partition.mode=stop_grad", "objective.timestep_sampling=chunk_balanced"]),
+    # (chunk- or stage-balanced sampling equals uniform sampling for a balanced partition, so it is only
+    # paired with the imbalanced one)
+    "diti-imb-sg-stagebal": ("DiTi imbalanced k=16 as diti-imb-sg + stage-balanced t sampling (departure)",
+                             ["partition.k=16", "partition.stages=[100,300,500,1000]",
+                              "partition.dims_per_stage=[8,24,16,16]", "partition.mode=stop_grad",
+                              "objective.timestep_sampling=stage_balanced"]),
     "diti-k8-sg-unitw": ("DiTi k=8 stop_grad + uniform loss weight (departure)",
                          ["partition.k=8", "partition.mode=stop_grad", "objective.weighting=uniform"]),
 }
 BASELINES = {"pixel-pca": "first d principal components of the pixels", "random-encoder": "untrained encoder"}
 
 SETTINGS = {
-    "full": dict(preset="shapes-demo", resolution=32, n_train=10000, n_test=2000, dci_train=2000,
+    "full": dict(preset="shapes-bench", resolution=32, n_train=10000, n_test=2000, dci_train=2000,
                  fidelity_pairs=128, fidelity_steps=25, classifier_epochs=2, seeds="0,1,2"),
     "quick": dict(preset="shapes-quick", resolution=16, n_train=256, n_test=128, dci_train=200,
                   fidelity_pairs=8, fidelity_steps=5, classifier_epochs=1, seeds="0"),
@@ -168,7 +172,7 @@ def main(argv=None) -> dict:
                                     s["classifier_epochs"])
 
     results: dict = {"rows": {}, "variants": {}, "settings": s, "seeds": seeds}
-    jobs = [(v, seed) for v in variants for seed in seeds]
+    jobs = [(v, seed) for seed in seeds for v in variants]  # seed-major: a cut-short run has whole seeds
     for v in variants:
         results["variants"][v] = VARIANTS[v] if v in VARIANTS else (BASELINES[v], [])
     steps = args.steps or (4 if args.quick else None)

@@ -33,6 +33,7 @@ PRETRAIN_PRESETS: dict[str, dict] = {
                   "log_every": 100},
     },
 }
+PRETRAIN_PRESETS["shapes-bench"] = PRETRAIN_PRESETS["shapes-demo"]  # the benchmark uses the demo's DM
 
 # The paper's settings (official configs of yue-zhongqi/diti: config/celeba64, config/ffhq, config/bedroom128).
 # Training length is the official max_images / global batch 128. Defaults of schema.py already hold the rest
@@ -70,6 +71,14 @@ DITI_PRESETS: dict[str, dict] = {
         "partition": {"latent_dim": 64, "k": 8, "stages": None, "dims_per_stage": None, "mode": "stop_grad"},
         "encoder": {"channels": [32, 64, 64], "attn_resolutions": [], "norm_groups": 16},
         "train": {"steps": 500, "batch_size": 64, "lr": 1e-3, "ema_decay": 0.999, "checkpoint_every": 100,
+                  "log_every": 50},
+    },
+    # benchmarks/quality.py: the demo's models with a larger budget (800 steps of batch 64, ~25 min per model on
+    # one CPU core); the variants of the benchmark are overrides on top of it (benchmarks/RESULTS.md).
+    "shapes-bench": {
+        "partition": {"latent_dim": 64, "k": 8, "stages": None, "dims_per_stage": None, "mode": "stop_grad"},
+        "encoder": {"channels": [32, 64, 64], "attn_resolutions": [], "norm_groups": 16},
+        "train": {"steps": 800, "batch_size": 64, "lr": 1e-3, "ema_decay": 0.999, "checkpoint_every": 100,
                   "log_every": 50},
     },
 }
