@@ -39,21 +39,19 @@ from diti.models.dm import load_dm
 from diti.partition import Partition
 from diti.training.jobs import load_diti_run, pretrain, train_diti
 
+_IMBALANCED_SG = ["partition.k=16", "partition.stages=[100,300,500,1000]", "partition.dims_per_stage=[8,24,16,16]",
+                  "partition.mode=stop_grad"]
 # name -> (description, config overrides on top of the base preset). "sg" = stop_grad.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "pdae": ("PDAE (k=1)", ["partition.k=1", "partition.mode=base"]),
     "diti-k8-base": ("DiTi balanced k=8, base", ["partition.k=8", "partition.mode=base"]),
     "diti-k8-sg": ("DiTi balanced k=8, stop_grad", ["partition.k=8", "partition.mode=stop_grad"]),
     "diti-k4-sg": ("DiTi balanced k=4, stop_grad", ["partition.k=4", "partition.mode=stop_grad"]),
-    "diti-imb-sg": ("DiTi imbalanced k=16 (stages 100/300/500/1000, dims 8/24/16/16), stop_grad",
-                    ["partition.k=16", "partition.stages=[100,300,500,1000]",
-                     "partition.dims_per_stage=[8,24,16,16]", "partition.mode=stop_grad"]),
+    "diti-imb-sg": ("DiTi imbalanced k=16 (stages 100/300/500/1000, dims 8/24/16/16), stop_grad", _IMBALANCED_SG),
     # (chunk- or stage-balanced sampling equals uniform sampling for a balanced partition, so it is only
     # paired with the imbalanced one)
     "diti-imb-sg-stagebal": ("DiTi imbalanced k=16 as diti-imb-sg + stage-balanced t sampling (departure)",
-                             ["partition.k=16", "partition.stages=[100,300,500,1000]",
-                              "partition.dims_per_stage=[8,24,16,16]", "partition.mode=stop_grad",
-                              "objective.timestep_sampling=stage_balanced"]),
+                             [*_IMBALANCED_SG, "objective.timestep_sampling=stage_balanced"]),
     "diti-k8-sg-unitw": ("DiTi k=8 stop_grad + uniform loss weight (departure)",
                          ["partition.k=8", "partition.mode=stop_grad", "objective.weighting=uniform"]),
 }

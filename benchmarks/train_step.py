@@ -168,7 +168,7 @@ def cpu_peak_memory(args, size) -> dict:
             f"mod = d if {name!r} == 'ddpm' else m; "
             f"params = list(d.parameters()) if {name!r} == 'ddpm' else m.trainable_parameters(); "
             f"s = b['make_step'](mod, params, {args.batch}, r, torch.device('cpu'), b['nullcontext']); s(); s(); "
-            f"print(b['_peak_rss_mib']())"
+            "print(b['_peak_rss_mib']())"
         )
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         out[name] = float(res.stdout.strip().splitlines()[-1])

@@ -54,6 +54,13 @@ def _paper(resolution: int, images: int, mode: str = "base", **extra: dict) -> d
     return preset
 
 
+_SHAPES_DITI = {  # the demo's encoder and partition on the shapes data
+    "partition": {"latent_dim": 64, "k": 8, "stages": None, "dims_per_stage": None, "mode": "stop_grad"},
+    "encoder": {"channels": [32, 64, 64], "attn_resolutions": [], "norm_groups": 16},
+    "train": {"steps": 500, "batch_size": 64, "lr": 1e-3, "ema_decay": 0.999, "checkpoint_every": 100,
+              "log_every": 50},
+}
+
 DITI_PRESETS: dict[str, dict] = {
     "celeba64-diti64": _paper(64, 38_000_000),
     "celeba64-diti64-stopgrad": _paper(64, 60_000_000, "stop_grad"),
@@ -67,20 +74,10 @@ DITI_PRESETS: dict[str, dict] = {
         "encoder": {"channels": [16, 32], "attn_resolutions": [], "norm_groups": 8},
         "train": {**_QUICK_TRAIN, "lr": 1e-3},
     },
-    "shapes-demo": {
-        "partition": {"latent_dim": 64, "k": 8, "stages": None, "dims_per_stage": None, "mode": "stop_grad"},
-        "encoder": {"channels": [32, 64, 64], "attn_resolutions": [], "norm_groups": 16},
-        "train": {"steps": 500, "batch_size": 64, "lr": 1e-3, "ema_decay": 0.999, "checkpoint_every": 100,
-                  "log_every": 50},
-    },
+    "shapes-demo": _SHAPES_DITI,
     # benchmarks/quality.py: the demo's models with a larger budget (800 steps of batch 64, ~25 min per model on
     # one CPU core); the variants of the benchmark are overrides on top of it (benchmarks/RESULTS.md).
-    "shapes-bench": {
-        "partition": {"latent_dim": 64, "k": 8, "stages": None, "dims_per_stage": None, "mode": "stop_grad"},
-        "encoder": {"channels": [32, 64, 64], "attn_resolutions": [], "norm_groups": 16},
-        "train": {"steps": 800, "batch_size": 64, "lr": 1e-3, "ema_decay": 0.999, "checkpoint_every": 100,
-                  "log_every": 50},
-    },
+    "shapes-bench": {**_SHAPES_DITI, "train": {**_SHAPES_DITI["train"], "steps": 800}},
 }
 
 
