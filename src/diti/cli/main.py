@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 import typer
 
 from ..config import DiTiConfig, PretrainConfig, build_config
@@ -123,24 +122,35 @@ def _job_config(cls, out, preset, config, overrides, resume, data=None, steps=No
     return build_config(cls, preset, config, extra, base=base)
 
 
+RUN_HELP = "A `diti train` run folder, or a folder written by `diti export`."
+DM_HELP = "The frozen DM's folder, when it is not where the run says (e.g. a downloaded diffusers folder)."
+
+
+def _pipeline(run: Path, device: str = "cpu", ema: bool = True, dm: Path | None = None):
+    """The API object for a run or exported folder (``diti.api.DiTiPipeline``)."""
+    from ..api import DiTiPipeline
+
+    return DiTiPipeline.from_pretrained(run, device=device, dm=dm, ema=ema)
+
+
 @app.command()
 def encode(
-    run: Path = typer.Argument(..., help="A `diti train` run folder."),
+    run: Path = typer.Argument(..., help=RUN_HELP),
     data: Path = typer.Option(..., help="Data folder to encode."),
     out: Path = typer.Option(..., help="Output file: .npy (+ .attributes.csv) or .safetensors."),
     split: str = typer.Option("test", help="Which split of the data to encode."),
     batch_size: int = typer.Option(256, help="Images per batch."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     raw: bool = typer.Option(False, help="Use the raw weights instead of the EMA weights."),
+    dm: Path = typer.Option(None, help=DM_HELP),
 ):
     """Features z of a data set with the run's (EMA) encoder."""
-    from ..evaluation.features import encode_dataset, save_features
-    from ..training.jobs import load_diti_run
+    from ..evaluation.features import save_features
 
     try:
-        model, cfg = load_diti_run(run, device=device, ema=not raw)
-        dataset = cfg.data.open(split, data)
-        features = encode_dataset(model.encoder, dataset, batch_size=batch_size, device=device)
+        pipe = _pipeline(run, device, ema=not raw, dm=dm)
+        dataset = pipe.dataset(data, split)
+        features = pipe.encode_dataset(dataset, batch_size=batch_size, progress=True)
         written = save_features(out, features, dataset.attributes)
     except USER_ERRORS as err:
         _fail(err)
@@ -231,18 +241,6 @@ def disentangle(
     typer.echo(format_disentangle(result))
 
 
-def _image(spec: str, dataset) -> torch.Tensor:
-    """An image given as a data-set index or a file path, as (3, R, R) in [-1, 1]."""
-    from ..data.datasets import load_image, to_tensor
-
-    if spec.isdigit():
-        index = int(spec)
-        if index >= len(dataset):
-            raise ValueError(f"image index {index} is out of range: the split has {len(dataset)} images")
-        return dataset[index]
-    return to_tensor(load_image(Path(spec), dataset.resolution)[None])[0]
-
-
 def _floats(text: str, what: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -252,7 +250,7 @@ def _floats(text: str, what: str) -> list[float]:
 
 @app.command()
 def counterfactual(
-    run: Path = typer.Argument(..., help="A `diti train` run folder."),
+    run: Path = typer.Argument(..., help=RUN_HELP),
     data: Path = typer.Option(..., help="Data folder the images come from."),
     a: str = typer.Option(None, help="Image a: an index into --split or an image file (omit for random pairs)."),
     b: str = typer.Option(None, help="Image b, whose dims are swapped/interpolated into a."),
@@ -267,26 +265,21 @@ def counterfactual(
     steps: int = typer.Option(100, help="DDIM steps."),
     seed: int = typer.Option(0, help="Seed of the random pairs."),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
+    dm: Path = typer.Option(None, help=DM_HELP),
     out: Path = typer.Option(None, help="PNG to write (default RUN/eval/counterfactual.png)."),
 ):
     """DDIM-invert images, swap or interpolate chosen chunks/stages/dims of z, decode: a labelled grid PNG."""
-    from ..evaluation.counterfactual import (
-        DimGroup,
-        counterfactual_figure,
-        select_dims,
-        standard_counterfactual_figure,
-    )
+    from ..evaluation.counterfactual import DimGroup
     from ..evaluation.runs import eval_dir
 
     try:
-        model, cfg = load_run_or_fail(run, device)
-        dataset = cfg.data.open(split, data)
+        pipe = _pipeline(run, device, dm=dm)
         out = out or eval_dir(run) / "counterfactual.png"
         kw = dict(alphas=_floats(alphas, "--alphas"), mode=mode, x_T=x_t, num_steps=steps, progress=True)
         groups = None
         if chunks or stages or dims:
-            mask = select_dims(model.partition, chunks=_int_list(chunks, "--chunks"),
-                               stages=_int_list(stages, "--stages"), dims=_int_list(dims, "--dims"))
+            mask = pipe.select_dims(chunks=_int_list(chunks, "--chunks"), stages=_int_list(stages, "--stages"),
+                                    dims=_int_list(dims, "--dims"))
             picked = np.flatnonzero(mask)
             label = f"chunks {chunks}" if chunks else f"stages {stages}" if stages else f"{len(picked)} dims"
             if len(picked) and picked[-1] - picked[0] + 1 == len(picked):
@@ -294,20 +287,45 @@ def counterfactual(
             else:
                 raise ValueError("the selected dims must be contiguous for the figure; pick one range")
         if a is None and b is None:
-            path = standard_counterfactual_figure(model, dataset, out, num_pairs=pairs, seed=seed, groups=groups, **kw)
+            path = pipe.standard_counterfactual_figure(pipe.dataset(data, split), out, num_pairs=pairs, seed=seed,
+                                                       groups=groups, **kw)
         elif a is None or b is None:
             raise ValueError("give both --a and --b, or neither (random pairs)")
         else:
-            x_a, x_b = (_image(s, dataset)[None].to(device) for s in (a, b))
-            path = counterfactual_figure(model, x_a, x_b, out, groups=groups, **kw)
+            x_a, x_b = (pipe.images([s], data, split) for s in (a, b))
+            path = pipe.counterfactual_figure(x_a, x_b, out, groups=groups, **kw)
     except USER_ERRORS as err:
         _fail(err)
     typer.echo(f"wrote {path}")
 
 
 @app.command()
+def reconstruct(
+    run: Path = typer.Argument(..., help=RUN_HELP),
+    data: Path = typer.Option(None, help="Data folder the indices of --images point into."),
+    images: str = typer.Option("0,1,2,3", help="Images: indices into --split and/or image files, comma-separated."),
+    split: str = typer.Option("test", help="Split of the indices."),
+    steps: int = typer.Option(100, help="DDIM steps (inversion and decoding)."),
+    device: str = typer.Option("cpu", help="cpu, cuda, ..."),
+    dm: Path = typer.Option(None, help=DM_HELP),
+    out: Path = typer.Option(None, help="PNG to write (default RUN/eval/reconstruction.png)."),
+):
+    """DDIM inversion and decoding with each image's own code: real vs reconstructed, and the MSE per image."""
+    from ..evaluation.runs import eval_dir
+
+    try:
+        pipe = _pipeline(run, device, dm=dm)
+        x = pipe.images([s.strip() for s in images.split(",") if s.strip()], data, split)
+        path, mse = pipe.reconstruction_figure(x, out or eval_dir(run) / "reconstruction.png", steps, progress=True)
+    except USER_ERRORS as err:
+        _fail(err)
+    typer.echo(f"mean squared error on [-1, 1]: {np.mean(mse):.5f} ({', '.join(f'{m:.5f}' for m in mse)})\n"
+               f"wrote {path}")
+
+
+@app.command()
 def manipulate(
-    run: Path = typer.Argument(..., help="A `diti train` run folder."),
+    run: Path = typer.Argument(..., help=RUN_HELP),
     data: Path = typer.Option(..., help="Data folder with the attribute to edit."),
     attribute: str = typer.Option(..., help="Attribute (column) to edit."),
     target_class: int = typer.Option(None, help="For a multi-class attribute: the class to move towards."),
@@ -318,29 +336,72 @@ def manipulate(
     fit_split: str = typer.Option("train", help="Split the ProbMask classifier is fitted on."),
     steps: int = typer.Option(100, help="DDIM steps."),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
+    dm: Path = typer.Option(None, help=DM_HELP),
     out: Path = typer.Option(None, help="PNG to write (default RUN/eval/manipulate-ATTRIBUTE.png)."),
 ):
-    """ProbMask attribute edit with d' dims of z (as in the DiTi paper), decoded with DDIM: a grid PNG."""
-    from ..evaluation.manipulate import fit_probmask, manipulation_figure
-    from ..evaluation.runs import eval_dir, run_features
+    """ProbMask attribute edit with d' dims of z (as in the DiTi paper), decoded with DDIM: a grid PNG.
+
+    The fitted direction is saved beside the PNG (JSON, with the checkpoint it belongs to)."""
+    from ..evaluation.runs import eval_dir
 
     try:
-        model, cfg = load_run_or_fail(run, device)
-        z, attrs = run_features(model, cfg, run, data, fit_split, device)
-        if attrs is None or attribute not in attrs.names:
-            raise ValueError(f"attribute {attribute!r} not found; the data has {attrs.names if attrs else 'none'}")
-        labels = np.asarray(attrs.values)[:, attrs.names.index(attribute)]
-        result = fit_probmask(z, labels, d_prime=d_prime, target_class=target_class)
-        dataset = cfg.data.open(split, data)
-        x = torch.stack([_image(s, dataset) for s in images.split(",")]).to(device)
+        pipe = _pipeline(run, device, dm=dm)
+        result = pipe.probmask(attribute, data, fit_split, target_class=target_class, d_prime=d_prime,
+                               progress=True)
+        x = pipe.images(images.split(","), data, split)
         out = out or eval_dir(run) / f"manipulate-{attribute}.png"
-        path = manipulation_figure(model, x, result, out, _floats(strengths, "--strengths"), steps, attribute=attribute,
-                                   progress=True)
-        (Path(path).with_suffix(".json")).write_text(json.dumps(result.to_dict(), indent=2))
+        path = pipe.manipulation_figure(x, result, out, strengths=_floats(strengths, "--strengths"), num_steps=steps,
+                                        attribute=attribute, progress=True)
+        pipe.save_probmask(result, Path(path).with_suffix(".json"))
     except USER_ERRORS as err:
         _fail(err)
     typer.echo(f"ProbMask on {d_prime} dims {sorted(result.mask_dims.tolist())}: held-out accuracy "
                f"{result.accuracy:.3f}\nwrote {path}")
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="A `diti train` run folder."),
+    out: Path = typer.Option(..., help="Folder to write (must not exist, or be empty)."),
+    raw: bool = typer.Option(False, help="Export the raw weights instead of the EMA weights."),
+    dm: Path = typer.Option(None, help=DM_HELP),
+):
+    """A self-contained model folder: frozen DM (diffusers), encoder and shift decoder (safetensors), resolved
+    config and a model card (README.md) with the partition and the run's measured figures. `diti.load(DIR)`
+    opens it anywhere."""
+    try:
+        pipe = _pipeline(run, "cpu", ema=not raw, dm=dm)
+        path = pipe.save_pretrained(out)
+    except USER_ERRORS as err:
+        _fail(err)
+    typer.echo(f"exported {pipe.describe()} to {path}")
+
+
+@app.command()
+def explore(
+    run: Path = typer.Argument(..., help=RUN_HELP),
+    data: Path = typer.Option(None, help="Data folder whose images can be picked (by index or from a gallery)."),
+    split: str = typer.Option("test", help="Split of --data."),
+    host: str = typer.Option("127.0.0.1", help="Address to serve on (127.0.0.1: this machine only)."),
+    port: int = typer.Option(7860, help="Port to serve on."),
+    steps: int = typer.Option(25, help="DDIM steps of every inversion and decoding."),
+    device: str = typer.Option("cpu", help="cpu, cuda, ..."),
+    dm: Path = typer.Option(None, help=DM_HELP),
+):
+    """The counterfactual explorer: a local web page to pick two images, swap or interpolate stages/chunks of
+    their codes and see the result (needs the app extra: pip install 'diti[app]')."""
+    try:
+        from ..app.explorer import build_app, launch
+    except ImportError as err:
+        _fail(ValueError(f"the explorer needs gradio ({err}); install it with: pip install 'diti[app]'"))
+    try:
+        pipe = _pipeline(run, device, dm=dm)
+        dataset = pipe.dataset(data, split) if data is not None else None
+        demo = build_app(pipe, dataset, steps=steps)
+    except USER_ERRORS as err:
+        _fail(err)
+    typer.echo(f"diti explore: {pipe.describe()} on http://{host}:{port} (Ctrl-C stops it)")
+    launch(demo, host, port)
 
 
 def load_run_or_fail(run: Path, device: str):

@@ -79,6 +79,23 @@ class ProbMaskResult:
         out["d_prime"] = self.d_prime
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict) -> ProbMaskResult:
+        """The inverse of ``to_dict`` (keys it does not know, such as ``d_prime``, are ignored)."""
+        arrays = {"mask_dims": np.int64, "weights": np.float64, "mean": np.float64, "std": np.float64,
+                  "scores": np.float64}
+        try:
+            fields = {k: np.asarray(data[k], dtype=arrays[k]) for k in arrays}
+            fields.update(bias=float(data["bias"]), accuracy=float(data["accuracy"]),
+                          balanced_accuracy=float(data["balanced_accuracy"]),
+                          train_accuracy=float(data["train_accuracy"]), target=str(data["target"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"not a saved ProbMask result: {err!r}") from None
+        d = len(fields["weights"])
+        if any(len(fields[k]) != d for k in ("mean", "std", "scores")) or fields["mask_dims"].max(initial=0) >= d:
+            raise ValueError("not a saved ProbMask result: its arrays disagree in length")
+        return cls(**fields)
+
 
 def _numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(x, torch.Tensor):

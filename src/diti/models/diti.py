@@ -85,6 +85,14 @@ class DiTiModel(nn.Module):
         return state
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load encoder and decoder weights; a tensor whose shape disagrees with the model is named."""
+        expected = self.trainable_state_dict()
+        for name, tensor in state.items():
+            if name in expected and tuple(tensor.shape) != tuple(expected[name].shape):
+                raise ValueError(
+                    f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, but the model built from the "
+                    f"config expects {tuple(expected[name].shape)}"
+                )
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("decoder.dm.")]
         if missing or unexpected:

@@ -134,14 +134,27 @@ def check_data_fits_dm(dataset, dm: UNet2DModel) -> None:
         )
 
 
-def load_diti_run(run: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> tuple[DiTiModel, DiTiConfig]:
-    """A trained DiTi/PDAE model (EMA weights by default, eval mode) and its config, from a run folder."""
+def load_diti_run(
+    run: str | Path, device: str | torch.device = "cpu", ema: bool = True, dm: str | Path | None = None
+) -> tuple[DiTiModel, DiTiConfig]:
+    """A trained DiTi/PDAE model (EMA weights by default, eval mode) and its config, from a run folder.
+
+    ``dm``: the frozen DM's folder when it is no longer where the run's config says (e.g. a run copied from
+    another machine, with a downloaded diffusers DM folder); the returned config then points to it.
+    """
     run = Path(run)
     read_meta(run, "diti")
     cfg = read_run_config(run, DiTiConfig)
     ckpt = latest_checkpoint(run / "checkpoints")
     if ckpt is None:
         raise FileNotFoundError(f"{run} has no checkpoint yet")
+    if dm is not None:
+        cfg.dm = str(Path(dm).expanduser().resolve())
+    elif cfg.dm is None or not Path(cfg.dm).exists():
+        raise FileNotFoundError(
+            f"the frozen DM of {run} is not found at {cfg.dm} (its config.yaml's dm); give its folder "
+            f"(a diffusers UNet2DModel or pipeline folder) with dm=... (diti.load) or --dm"
+        )
     schedule = cfg.diffusion.build()
     model = DiTiModel.from_config(cfg, load_dm(cfg.dm, schedule))
     model.load_trainable_state_dict(load_tensors(ckpt / ("ema.safetensors" if ema else "model.safetensors")))

@@ -1,0 +1,1 @@
+"""Apps on top of the API: the counterfactual explorer (``diti explore``, ``diti.app.explorer``)."""

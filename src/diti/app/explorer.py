@@ -1,0 +1,376 @@
+"""The counterfactual explorer: a local web page (gradio) over a DiTiPipeline, behind ``diti explore``.
+
+The user picks two images a and b (from the data set by index or from its gallery, or by upload), sees their
+DDIM reconstructions, chooses stages or chunks of z (labelled with their t-ranges and dims) and alpha (a
+slider), and sees the counterfactual: a decoded with (1 - alpha) z_a + alpha z_b on the chosen dims (alpha 1
+is the swap). A strip swaps each stage (or chunk group) in turn; the partition table and, when the run has
+them, its probe and alignment figures are shown below.
+
+The model stays out of the UI: ``Explorer`` holds the callbacks, plain functions of (inputs) -> (outputs,
+status message) that never raise for bad input (the message says what is wrong, and the page shows it);
+``build_app`` only lays out the page and wires the callbacks. Each image's inversion is cached, keyed by the
+image's content (the bytes of the model's input tensor) and the number of DDIM steps, so moving the slider
+re-decodes only. gradio is imported by ``build_app`` alone (the optional ``app`` extra); the callbacks run
+without it. Nothing leaves the machine: analytics are off, no share link, the page's assets are served
+locally.
+"""
+
+import hashlib
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..api import DiTiPipeline, Inversion
+from ..api.export import alignment_table, disentangle_markdown, probe_markdown
+
+DEFAULT_STEPS = 25
+DISPLAY = 160  # px: decoded images are upscaled (nearest neighbour) to this size for the page
+GALLERY_SIZE = 24
+# bad input: one message in the page, never a traceback
+INPUT_ERRORS = (ValueError, FileNotFoundError)
+# small images stay crisp when the browser scales them; the picked images (kept at the model's resolution, so
+# that what the page holds is exactly the data set's image) fill their box
+CSS = """
+#image-a img, #image-b img, #recon-a img, #recon-b img, #counterfactual img, #strip img, #gallery img {
+  image-rendering: pixelated;
+}
+#image-a img, #image-b img { width: 100% !important; height: 100% !important; object-fit: contain; }
+"""
+
+
+class InversionCache:
+    """Inversions by image content and DDIM steps, least recently used dropped beyond ``capacity``."""
+
+    def __init__(self, capacity: int = 64):
+        self.capacity = capacity
+        self._items: OrderedDict[str, Inversion] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(x, steps: int) -> str:
+        """sha256 of the model input (1, C, R, R) float32 bytes and its shape, plus the steps."""
+        arr = np.ascontiguousarray(x.detach().cpu().numpy())
+        return hashlib.sha256(arr.tobytes() + repr((arr.shape, steps)).encode()).hexdigest()
+
+    def get(self, key: str) -> Inversion | None:
+        inv = self._items.get(key)
+        if inv is not None:
+            self._items.move_to_end(key)
+        return inv
+
+    def put(self, key: str, inv: Inversion) -> None:
+        self._items[key] = inv
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Explorer:
+    """The explorer's state (model, data set, inversion cache) and callbacks."""
+
+    def __init__(
+        self,
+        model: DiTiPipeline,
+        dataset=None,
+        steps: int = DEFAULT_STEPS,
+        cache_size: int = 64,
+        gallery_size: int = GALLERY_SIZE,
+        display: int = DISPLAY,
+    ):
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.model = model
+        self.dataset = dataset
+        self.steps = steps
+        self.cache = InversionCache(cache_size)
+        self.gallery_size = gallery_size
+        self.display = display
+        self._lock = threading.Lock()  # one model call at a time (gradio runs callbacks in threads)
+
+    # ------------------------------------------------------------------------------------------------
+    # What the page shows around the callbacks
+    def header_markdown(self) -> str:
+        m = self.model
+        data = (f"; data: `{self.dataset.name}` ({len(self.dataset)} images)" if self.dataset is not None
+                else "; start with `--data DIR` to pick images from a data set")
+        return (f"## diti explorer: `{m.name}`\n{m.describe()}; {self.steps} DDIM steps per inversion and "
+                f"decoding{data}. Pick a and b, choose the stages or chunks of z to take from b, set alpha and "
+                "press **swap**.")
+
+    def chunk_choices(self) -> list[tuple[str, int]]:
+        """(label, chunk index) for every chunk, labelled with its t-range and dims."""
+        part = self.model.partition
+        out = []
+        for row in part.describe():
+            dims = f"dims {row['dim_start']}-{row['dim_end'] - 1}" if row["dims"] else "no dims"
+            t = "all t" if part.k == 1 else f"t {row['t_first']}-{row['t_last']}"
+            out.append((f"chunk {row['chunk']}: {t}, {dims}", row["chunk"]))
+        return out
+
+    def stage_choices(self) -> list[tuple[str, int]]:
+        """(label, stage index) when the partition has stages (empty for a balanced one)."""
+        part = self.model.partition
+        if part.num_stages == 1:
+            return []
+        return [(f"stage {j}: t {t0}-{t1}, dims {lo}-{hi - 1}", j)
+                for j, ((t0, t1), (lo, hi)) in enumerate(zip(part.stage_t_ranges, part.stage_dim_ranges, strict=True))]
+
+    def partition_table(self) -> tuple[list[str], list[list]]:
+        header = ["chunk", "stage", "t-range", "dims", "n"]
+        rows = [[r["chunk"], r["stage"], f"{r['t_first']}-{r['t_last']}",
+                 f"{r['dim_start']}-{r['dim_end'] - 1}" if r["dims"] else "-", r["dims"]]
+                for r in self.model.partition.describe()]
+        return header, rows
+
+    def measured_markdown(self) -> str:
+        metrics = self.model.metrics
+        parts = [probe_markdown(metrics.get("probe")), disentangle_markdown(metrics.get("disentangle"))]
+        text = "\n\n".join("\n".join(p) for p in parts if p)
+        return text or ("This run has no measured figures yet (`diti probe RUN --data DIR` and "
+                        "`diti disentangle RUN --data DIR` write them).")
+
+    def alignment(self) -> tuple[list[str], list[list[str]]] | None:
+        return alignment_table(self.model.metrics.get("disentangle"))
+
+    def gallery(self) -> list[tuple[np.ndarray, str]]:
+        """The first ``gallery_size`` images of the data set, upscaled for display, captioned with their index."""
+        if self.dataset is None:
+            return []
+        n = min(self.gallery_size, len(self.dataset))
+        return [(self._show(im), f"#{i}") for i, im in enumerate(self.dataset.images(list(range(n))))]
+
+    # ------------------------------------------------------------------------------------------------
+    # Callbacks: (inputs) -> (outputs..., status markdown)
+    def pick(self, index) -> tuple[np.ndarray | None, str]:
+        """The data-set image at ``index`` (uint8 (R, R, 3), exactly as stored)."""
+        try:
+            if self.dataset is None:
+                raise ValueError("no data set: start the explorer with --data DIR to pick images by index")
+            if index is None or index == "":
+                raise ValueError("enter the index of an image")
+            if float(index) != int(float(index)):
+                raise ValueError(f"the index must be a whole number, got {index}")
+            i = int(float(index))
+            if not 0 <= i < len(self.dataset):
+                raise ValueError(f"index {i} is out of range: the data set has {len(self.dataset)} images (0..{len(self.dataset) - 1})")
+            return self.dataset.images([i])[0], f"image #{i} of `{self.dataset.name}`"
+        except INPUT_ERRORS as err:
+            return None, _error(err)
+
+    def reconstruct(self, image) -> tuple[np.ndarray | None, str]:
+        """The DDIM reconstruction of one image (its inversion is cached for the edits)."""
+        if image is None:
+            return None, ""
+        try:
+            start = time.perf_counter()
+            with self._lock:
+                inv, cached = self._invert(image)
+                out = self.model.reconstruct(inversion=inv, steps=self.steps, output_type="np")[0]
+            took = time.perf_counter() - start
+            return self._show(out), f"reconstruction in {took:.2f} s (inversion {'cached' if cached else 'computed'})"
+        except INPUT_ERRORS as err:
+            return None, _error(err)
+
+    def counterfactual(
+        self, image_a, image_b, stages: Sequence[int] | None, chunks: Sequence[int] | None, alpha: float,
+        x_t: str = "keep",
+    ) -> tuple[np.ndarray | None, str]:
+        """a decoded with the selected stages/chunks of z moved toward b's by ``alpha`` (1 = swap)."""
+        try:
+            mask = self._selection(stages, chunks)
+            inv_a, inv_b, cached = self._pair(image_a, image_b)
+            start = time.perf_counter()
+            with self._lock:
+                out = self.model.counterfactual(
+                    dims=np.flatnonzero(mask).tolist(), alpha=float(alpha), mode="interpolate", x_T=x_t,
+                    steps=self.steps, inversion_a=inv_a, inversion_b=inv_b, output_type="np",
+                )[0]
+            took = time.perf_counter() - start
+            what = _describe_selection(stages, chunks)
+            return self._show(out), (f"a with {what} moved toward b by alpha {float(alpha):.2f} (x_T {x_t}): "
+                                     f"decoded in {took:.2f} s; inversions {cached}")
+        except INPUT_ERRORS as err:
+            return None, _error(err)
+
+    def strip(self, image_a, image_b, x_t: str = "keep") -> tuple[list[tuple[np.ndarray, str]], str]:
+        """a with each stage (or chunk group; PDAE: dim slice) swapped from b in turn."""
+        try:
+            inv_a, inv_b, cached = self._pair(image_a, image_b)
+            start = time.perf_counter()
+            with self._lock:
+                rows = self.model.swap_each_group(x_T=x_t, steps=self.steps, inversion_a=inv_a, inversion_b=inv_b,
+                                                  output_type="np")
+            took = time.perf_counter() - start
+            items = [(self._show(images[0]), f"b's {group.label}") for group, images in rows]
+            return items, f"{len(items)} swaps decoded in {took:.2f} s; inversions {cached}"
+        except INPUT_ERRORS as err:
+            return [], _error(err)
+
+    # ------------------------------------------------------------------------------------------------
+    def _invert(self, image) -> tuple[Inversion, bool]:
+        """(inversion of one image, whether it came from the cache); call with the lock held."""
+        x = self.model.preprocess(image)
+        if len(x) != 1:
+            raise ValueError(f"give one image here, got a batch of {len(x)}")
+        key = self.cache.key(x, self.steps)
+        inv = self.cache.get(key)
+        if inv is not None:
+            self.cache.hits += 1
+            return inv, True
+        self.cache.misses += 1
+        inv = self.model.invert(x, self.steps)
+        self.cache.put(key, inv)
+        return inv, False
+
+    def _pair(self, image_a, image_b) -> tuple[Inversion, Inversion, str]:
+        missing = [name for name, im in (("a", image_a), ("b", image_b)) if im is None]
+        if missing:
+            raise ValueError(f"pick image {' and '.join(missing)} first (upload, data-set index or gallery)")
+        with self._lock:
+            (inv_a, hit_a), (inv_b, hit_b) = self._invert(image_a), self._invert(image_b)
+        cached = {2: "both cached", 1: "one cached, one computed", 0: "both computed"}[hit_a + hit_b]
+        return inv_a, inv_b, cached
+
+    def _selection(self, stages, chunks) -> np.ndarray:
+        stages, chunks = list(stages or []), list(chunks or [])
+        if not stages and not chunks:
+            raise ValueError("the selection is empty: choose at least one stage or chunk to take from b")
+        mask = np.zeros(self.model.latent_dim, dtype=bool)
+        if stages:
+            mask |= self.model.select_dims(stages=[int(s) for s in stages])
+        if chunks:
+            mask |= self.model.select_dims(chunks=[int(c) for c in chunks])
+        if not mask.any():
+            raise ValueError("the selected stages/chunks hold no dims; choose others")
+        return mask
+
+    def _show(self, image: np.ndarray) -> np.ndarray:
+        """uint8 (R, R, 3) upscaled with nearest-neighbour sampling to the display size."""
+        if image.shape[0] >= self.display:
+            return image
+        return np.asarray(Image.fromarray(image).resize((self.display, self.display), Image.Resampling.NEAREST))
+
+
+def _error(err: Exception) -> str:
+    return f"**error:** {err}"
+
+
+def _describe_selection(stages, chunks) -> str:
+    parts = []
+    if stages:
+        parts.append(("stage " if len(stages) == 1 else "stages ") + ", ".join(str(int(s)) for s in stages))
+    if chunks:
+        parts.append(("chunk " if len(chunks) == 1 else "chunks ") + ", ".join(str(int(c)) for c in chunks))
+    return " and ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The page
+def _gradio():
+    """gradio, imported with its analytics off (nothing may leave the machine)."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    try:
+        import gradio as gr
+    except ImportError:
+        raise ImportError("gradio is not installed (pip install 'diti[app]')") from None
+    return gr
+
+
+def build_app(model: DiTiPipeline, dataset=None, steps: int = DEFAULT_STEPS, explorer: Explorer | None = None):
+    """The explorer page (a ``gr.Blocks``) for ``model``; ``dataset``: images to pick from (optional)."""
+    gr = _gradio()
+    ex = explorer or Explorer(model, dataset, steps)
+    chunk_choices, stage_choices = ex.chunk_choices(), ex.stage_choices()
+    image_kw = dict(type="pil", image_mode=None, format="png", height=ex.display, sources=["upload", "clipboard"])
+    out_kw = dict(type="numpy", format="png", height=ex.display, interactive=False)
+    with gr.Blocks(title=f"diti explorer: {model.name}", analytics_enabled=False) as demo:
+        status = gr.Markdown(elem_id="status", render=False)
+        gr.Markdown(ex.header_markdown())
+        with gr.Row():
+            with gr.Column():
+                image_a = gr.Image(label="a: the image to edit (upload, or pick below)", elem_id="image-a", **image_kw)
+                with gr.Row():
+                    index_a = gr.Number(label="data-set index of a", precision=0, elem_id="index-a",
+                                        interactive=ex.dataset is not None)
+                    show_a = gr.Button("show a", elem_id="show-a", interactive=ex.dataset is not None)
+            with gr.Column():
+                image_b = gr.Image(label="b: where the chosen dims come from", elem_id="image-b", **image_kw)
+                with gr.Row():
+                    index_b = gr.Number(label="data-set index of b", precision=0, elem_id="index-b",
+                                        interactive=ex.dataset is not None)
+                    show_b = gr.Button("show b", elem_id="show-b", interactive=ex.dataset is not None)
+            recon_a = gr.Image(label="reconstruction of a", elem_id="recon-a", **out_kw)
+            recon_b = gr.Image(label="reconstruction of b", elem_id="recon-b", **out_kw)
+        if ex.dataset is not None:
+            with gr.Row():
+                target = gr.Radio(["a", "b"], value="a", label="a click in the gallery sets", elem_id="gallery-target",
+                                  scale=0, min_width=200)
+                gallery = gr.Gallery(ex.gallery(), label=f"the data set: first {min(ex.gallery_size, len(ex.dataset))} "
+                                     "images", columns=12, height=2 * 80 + 40, format="png", allow_preview=False,
+                                     elem_id="gallery", scale=4)
+        with gr.Row():
+            stages = gr.CheckboxGroup(stage_choices, label="stages to take from b", elem_id="stages",
+                                      visible=bool(stage_choices))
+            chunks = gr.CheckboxGroup(chunk_choices, label="chunks to take from b (the t-range where each enters "
+                                      "the decoder, its dims)", elem_id="chunks")
+        with gr.Row():
+            alpha = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="alpha: share of b in the chosen dims (1 = swap)",
+                              elem_id="alpha", scale=3)
+            x_t = gr.Radio([("keep a's x_T", "keep"), ("slerp toward b's x_T", "slerp")], value="keep",
+                           label="noise x_T", elem_id="x-t", scale=2)
+            swap = gr.Button("swap", variant="primary", elem_id="swap", scale=1)
+        with gr.Row():
+            output = gr.Image(label="counterfactual", elem_id="counterfactual", **out_kw)
+            with gr.Column(scale=2):
+                status.render()
+                strip_button = gr.Button("swap each stage in turn", elem_id="strip-button")
+        n_groups = len(model.groups())
+        strip = gr.Gallery(label="a with each stage (or chunk group) of b in turn", columns=max(n_groups, 4),
+                           height=ex.display + 80, object_fit="contain", format="png", allow_preview=False,
+                           elem_id="strip")
+        with gr.Accordion("partition of z", open=True):
+            header, rows = ex.partition_table()
+            gr.Dataframe(value=rows, headers=header, interactive=False, elem_id="partition")
+        with gr.Accordion("measured figures of this run", open=True):
+            gr.Markdown(ex.measured_markdown(), elem_id="measured")
+            figure = model.figure("alignment.png")
+            if figure is not None:
+                gr.Image(str(figure), label="partition-factor alignment", interactive=False, elem_id="alignment")
+
+        # events: the callbacks are Explorer's plain functions
+        pick_out = ([image_a, status], [image_b, status])
+        show_a.click(ex.pick, [index_a], pick_out[0])
+        index_a.submit(ex.pick, [index_a], pick_out[0])
+        show_b.click(ex.pick, [index_b], pick_out[1])
+        index_b.submit(ex.pick, [index_b], pick_out[1])
+        image_a.change(ex.reconstruct, [image_a], [recon_a, status])
+        image_b.change(ex.reconstruct, [image_b], [recon_b, status])
+        cf_inputs = [image_a, image_b, stages, chunks, alpha, x_t]
+        swap.click(ex.counterfactual, cf_inputs, [output, status])
+        alpha.release(ex.counterfactual, cf_inputs, [output, status])
+        strip_button.click(ex.strip, [image_a, image_b, x_t], [strip, status])
+        if ex.dataset is not None:
+
+            def on_gallery(which: str, evt: gr.SelectData):
+                image, message = ex.pick(evt.index)
+                keep = gr.update()
+                return (image, keep, message) if which == "a" else (keep, image, message)
+
+            gallery.select(on_gallery, [target], [image_a, image_b, status])
+    return demo
+
+
+def launch(demo, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
+    """Serve the page on host:port (no share link, no server-side rendering, no MCP server)."""
+    demo.queue(default_concurrency_limit=1)
+    return demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
+                       mcp_server=False, show_error=False, prevent_thread_lock=not block, css=CSS, footer_links=[])
