@@ -6,19 +6,32 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.diti-installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup browser demo test lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# torch first, pinned, and only when none is importable: a plain `torch>=2.3` resolved by pip
 	@# alone could pull a multi-GB CUDA build onto a CPU-only machine.
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,app]"
 	@touch $(STAMP)
 
-setup: $(STAMP)
+# The explorer's browser test drives the system's chromium through playwright (never `playwright install`,
+# which downloads a browser). Installed with apt-get when missing and we are root on Debian; elsewhere the
+# test is skipped and says why.
+CHROMIUM ?= /usr/bin/chromium
 
-demo: setup
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the browser test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+			|| echo "could not install chromium: the browser test will be skipped"; \
+	else echo "no $(CHROMIUM) and not root on Debian: the browser test will be skipped"; fi
+
+setup: $(STAMP) browser
+
+demo: $(STAMP)
 	$(VENV)/bin/diti demo --out runs/demo
 
 test: setup
