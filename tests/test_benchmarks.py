@@ -40,3 +40,16 @@ def test_quality_quick(tmp_path, capsys):
     saved = json.loads((tmp_path / "quality.json").read_text())
     assert saved["machine"]["torch"] and saved["command"].startswith("python benchmarks/quality.py")
     assert (tmp_path / "quality.md").read_text().startswith("Mean ± std over seeds [0]")
+
+
+def test_explore_quick(tmp_path, capsys):
+    main = runpy.run_path(str(BENCH / "explore.py"))["main"]
+    result = main(["--quick", "--threads", "1", "--out", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert "edit with cached inversions:" in out and "first edit (two inversions):" in out and "goal" in out
+    assert result["resolution"] == 16 and result["steps"] == 5 and len(result["cached_edit"]["times_s"]) == 2
+    for name in ("first_edit", "cached_edit"):
+        assert 0 < result[name]["min_s"] <= result[name]["median_s"] <= result[name]["max_s"]
+    # a first edit inverts two images and decodes; a cached one only decodes
+    assert result["first_edit"]["median_s"] > result["cached_edit"]["median_s"]
+    assert json.loads((tmp_path / "r.json").read_text())["machine"]["threads"] == 1

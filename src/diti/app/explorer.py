@@ -334,8 +334,8 @@ def build_app(model: DiTiPipeline, dataset=None, steps: int = DEFAULT_STEPS, exp
                 status.render()
                 strip_button = gr.Button("swap each stage in turn", elem_id="strip-button")
         n_groups = len(model.groups())
-        strip = gr.Gallery(label="a with each stage (or chunk group) of b in turn", columns=max(n_groups, 4),
-                           height=ex.display + 80, object_fit="contain", format="png", allow_preview=False,
+        strip = gr.Gallery(label="a with each stage (or chunk group) of b in turn", columns=max(n_groups, 6),
+                           height=280, object_fit="contain", format="png", allow_preview=False, fit_columns=False,
                            elem_id="strip")
         with gr.Accordion("partition of z", open=True):
             header, rows = ex.partition_table()
@@ -373,4 +373,5 @@ def launch(demo, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
     """Serve the page on host:port (no share link, no server-side rendering, no MCP server)."""
     demo.queue(default_concurrency_limit=1)
     return demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
-                       mcp_server=False, show_error=False, prevent_thread_lock=not block, css=CSS, footer_links=[])
+                       mcp_server=False, show_error=False, prevent_thread_lock=not block, css=CSS, footer_links=[],
+                       quiet=True)

@@ -401,7 +401,10 @@ def explore(
     except USER_ERRORS as err:
         _fail(err)
     typer.echo(f"diti explore: {pipe.describe()} on http://{host}:{port} (Ctrl-C stops it)")
-    launch(demo, host, port)
+    try:
+        launch(demo, host, port)
+    except OSError as err:  # e.g. the port is taken
+        _fail(ValueError(f"cannot serve on {host}:{port}: {err}"))
 
 
 def load_run_or_fail(run: Path, device: str):

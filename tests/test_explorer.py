@@ -1,0 +1,277 @@
+"""The counterfactual explorer: its callbacks (plain functions), `diti explore` over HTTP, and a real browser.
+
+The model is the shipped 32 px DM with a shapes-quick encoder trained for 2 steps; its shift decoder's output
+conv and z embedding are then set to random values (as test_counterfactual's tiny models are, only smaller),
+so that z visibly changes the decoded image while the reconstructions still look like the images, and the
+model is exported: `diti explore` serves the exported folder.
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import diti
+from conftest import quick_cfg
+from diti.app.explorer import Explorer
+from diti.cli.demo import shipped_dm
+from diti.data import generate_shapes
+from diti.partition import Partition
+from diti.training.jobs import train_diti
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+STEPS = 10
+CHROMIUM = Path("/usr/bin/chromium")
+# as the project runs Debian's chromium headless: no sandbox as root, and none of its background connections
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def shapes32(tmp_path_factory):
+    return generate_shapes(tmp_path_factory.mktemp("shapes32"), resolution=32, n_train=32, n_test=16, seed=0,
+                           progress=False)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, shapes32):
+    """An exported DiTi model (d=16, k=4) on the shipped DM, whose code visibly changes the decoded images."""
+    root = tmp_path_factory.mktemp("explorer")
+    run = train_diti(quick_cfg(shipped_dm(), shapes32, "train.steps=2", "train.batch_size=8"), root / "run")
+    model = diti.load(run)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.model.decoder.conv_out.weight, std=0.005)
+    torch.nn.init.normal_(model.model.decoder.z_embed.weight, std=1.0)
+    return model.save_pretrained(root / "model")
+
+
+@pytest.fixture(scope="module")
+def explorer(exported, shapes32):
+    model = diti.load(exported)
+    return Explorer(model, model.dataset(shapes32, "test"), steps=STEPS)
+
+
+# ------------------------------------------------------------------------------------------------
+def test_callbacks_cache_inversions_and_redecode_only(explorer):
+    a, message = explorer.pick(0)
+    assert a.shape == (32, 32, 3) and a.dtype == np.uint8 and "image #0" in message
+    assert np.array_equal(a, explorer.dataset.images([0])[0])  # exactly the stored image
+    b, _ = explorer.pick(3.0)
+    rec, message = explorer.reconstruct(a)
+    assert rec.shape == (explorer.display, explorer.display, 3) and "inversion computed" in message
+    assert "inversion cached" in explorer.reconstruct(Image.fromarray(a))[1]  # same content, other object
+    misses = explorer.cache.misses
+    one, message = explorer.counterfactual(a, b, [], [1, 3], 1.0)
+    assert "chunks 1, 3 moved toward b by alpha 1.00" in message and "one cached, one computed" in message
+    assert explorer.cache.misses == misses + 1
+    other, message = explorer.counterfactual(a, b, [], [1, 3], 0.3)
+    assert explorer.cache.misses == misses + 1 and "both cached" in message  # the slider only re-decodes
+    assert np.abs(one.astype(int) - other.astype(int)).max() > 20
+    # the page shows what the API computes, upscaled
+    model = explorer.model
+    api = model.counterfactual(a, b, chunks=[1, 3], alpha=0.3, mode="interpolate", steps=STEPS, output_type="np")[0]
+    assert np.array_equal(other[:: explorer.display // 32, :: explorer.display // 32], api)
+    zero, _ = explorer.counterfactual(a, b, [], [0, 1, 2, 3], 0.0)
+    assert np.array_equal(zero, rec)  # alpha 0: a's reconstruction
+    strip, message = explorer.strip(a, b)
+    assert [label for _, label in strip] == [f"b's {g.label}" for g in model.groups()] and "4 swaps" in message
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda ex, a: ex.counterfactual(a, a, [], [], 0.5), "the selection is empty"),
+        (lambda ex, a: ex.counterfactual(a, None, [], [0], 0.5), "pick image b first"),
+        (lambda ex, a: ex.counterfactual(None, None, None, [0], 0.5), "pick image a and b first"),
+        (lambda ex, a: ex.counterfactual(a[..., :2], a, [], [0], 0.5), r"RGB arrays .*\(2 channels\)"),
+        (lambda ex, a: ex.reconstruct(torch.zeros(3, 16, 16)), "must be 32x32, the model's resolution"),
+        (lambda ex, a: ex.reconstruct(np.stack([a, a])), "give one image here, got a batch of 2"),
+        (lambda ex, a: ex.strip(a, None), "pick image b first"),
+        (lambda ex, a: ex.pick(16), r"index 16 is out of range: the data set has 16 images \(0..15\)"),
+        (lambda ex, a: ex.pick(1.5), "must be a whole number"),
+        (lambda ex, a: ex.pick(None), "enter the index of an image"),
+        (lambda ex, a: Explorer(ex.model).pick(0), "start the explorer with --data DIR"),
+    ],
+)
+def test_bad_input_is_a_message_not_an_exception(explorer, call, message):
+    a = explorer.pick(0)[0]
+    *outputs, status = call(explorer, a)
+    assert status.startswith("**error:**") and re.search(message, status), status
+    assert all(o is None or o == [] for o in outputs)
+
+
+def test_page_content(explorer):
+    assert [label for label, _ in explorer.chunk_choices()] == [
+        "chunk 0: t 0-249, dims 0-3", "chunk 1: t 250-499, dims 4-7", "chunk 2: t 500-749, dims 8-11",
+        "chunk 3: t 750-999, dims 12-15"]
+    assert explorer.stage_choices() == []  # balanced: one stage
+    header, rows = explorer.partition_table()
+    assert header[2] == "t-range" and rows[3] == [3, 0, "750-999", "12-15", 4]
+    assert "no measured figures yet" in explorer.measured_markdown()
+    items = explorer.gallery()
+    assert len(items) == 16 and items[5][1] == "#5" and items[5][0].shape == (explorer.display, explorer.display, 3)
+    staged = diti.load(explorer.model.source)
+    staged.model.partition = Partition(16, 4, 1000, (500, 1000), (6, 10))
+    assert [label for label, _ in Explorer(staged).stage_choices()] == ["stage 0: t 0-499, dims 0-5",
+                                                                       "stage 1: t 500-999, dims 6-15"]
+
+
+def test_measured_figures_are_shown_when_the_run_has_them(exported, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported, model_dir)
+    (model_dir / "eval").mkdir()
+    probe = {"task": "multiclass", "names": ["shape"], "per_attribute": {"shape": {"ap": 0.5, "accuracy": 0.75}},
+             "mean": {"ap": 0.5, "accuracy": 0.75}, "best_epoch": 3, "a_later_key": [1, 2]}
+    disentangle = {"factors": ["shape"], "dci": {"disentanglement": 0.25}, "mig": {"mig": 0.125},
+                   "alignment": {"group_labels": ["chunks 0-1", "chunks 2-3"], "group_importance_share": [[0.3], [0.7]]}}
+    (model_dir / "eval" / "probe.json").write_text(json.dumps(probe))
+    (model_dir / "eval" / "disentangle.json").write_text(json.dumps(disentangle))
+    Image.new("RGB", (40, 30), (0, 128, 0)).save(model_dir / "eval" / "alignment.png")
+    ex = Explorer(diti.load(model_dir))
+    text = ex.measured_markdown()
+    assert "| shape | 0.5000 | 0.7500 |" in text and "DCI disentanglement 0.2500" in text and "MIG 0.1250" in text
+    assert "FactorVAE score -" in text  # missing from this file: shown as unknown, not invented
+    assert ex.alignment() == (["dims", "shape"], [["chunks 0-1", "0.3000"], ["chunks 2-3", "0.7000"]])
+    gr = pytest.importorskip("gradio", reason="gradio is not installed (pip install 'diti[app]')")
+    from diti.app.explorer import build_app
+
+    demo = build_app(ex.model, explorer=ex)
+    assert isinstance(demo, gr.Blocks) and "alignment" in {b.elem_id for b in demo.blocks.values()}
+
+
+def test_build_app(explorer):
+    gr = pytest.importorskip("gradio", reason="gradio is not installed (pip install 'diti[app]')")
+    from diti.app.explorer import build_app
+
+    demo = build_app(explorer.model, explorer.dataset, steps=STEPS, explorer=explorer)
+    assert isinstance(demo, gr.Blocks)
+    ids = {block.elem_id for block in demo.blocks.values()}
+    assert {"image-a", "image-b", "recon-a", "counterfactual", "chunks", "alpha", "swap", "strip", "gallery",
+            "partition", "status"} <= ids
+    assert not demo.analytics_enabled
+
+
+# ------------------------------------------------------------------------------------------------
+# `diti explore` as a user starts it
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(exported, shapes32, tmp_path_factory):
+    """`diti explore MODEL --data DIR --port P` in a subprocess; yields its base URL."""
+    pytest.importorskip("gradio", reason="gradio is not installed (pip install 'diti[app]')")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "explore.log"
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "diti", "explore", str(exported), "--data", str(shapes32),
+                                 "--port", str(port), "--steps", str(STEPS)], stdout=out, stderr=subprocess.STDOUT,
+                                env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"diti explore exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"diti explore did not answer on {url} within 120 s:\n{log.read_text()}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_explore_on_a_taken_port_says_so(exported):
+    pytest.importorskip("gradio", reason="gradio is not installed (pip install 'diti[app]')")
+    from typer.testing import CliRunner
+
+    from diti.cli.main import app
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["explore", str(exported), "--port", str(port)])
+    assert result.exit_code == 2 and f"cannot serve on 127.0.0.1:{port}" in result.output, result.output
+    assert "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["explore", str(exported), "--data", "/nonexistent"])
+    assert result.exit_code == 2 and "error:" in result.output
+
+
+def test_explore_serves_the_page(server):
+    with urllib.request.urlopen(server, timeout=10) as response:
+        assert response.status == 200
+        assert "gradio" in response.read().decode().lower()
+
+
+def test_browser_picks_images_moves_the_slider_and_swaps(server, tmp_path):
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not found: `make setup` installs Debian's chromium when run as root")
+    sync = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    shot = tmp_path / "explorer.png"
+    outside = []
+    with sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(30_000)
+            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((server, "data:", "blob:"))
+                    else None)
+            page.goto(server)
+            # a by its index, b from the gallery
+            page.locator("#index-a input").fill("0")
+            page.locator("#show-a").click()
+            page.locator("#gallery-target").get_by_label("b").check()
+            page.locator("#gallery button.thumbnail-item").nth(3).click()
+            page.locator("#recon-a img").wait_for()
+            page.locator("#recon-b img").wait_for()
+            # swapping nothing is refused in the page
+            page.locator("#swap").click()
+            page.locator("#status").get_by_text("the selection is empty").wait_for()
+            for label in ("chunk 1: t 250-499, dims 4-7", "chunk 3: t 750-999, dims 12-15"):
+                page.locator("#chunks").get_by_label(label).check()
+            images = []
+            for alpha in ("1", "0.3"):
+                previous = page.locator("#counterfactual img").get_attribute("src") if images else ""
+                page.locator("#alpha input[type=range]").fill(alpha)
+                page.locator("#swap").click()
+                page.wait_for_function(
+                    "prev => { const i = document.querySelector('#counterfactual img');"
+                    " return i && i.complete && i.naturalWidth > 0 && i.src !== prev; }", arg=previous)
+                page.locator("#status").get_by_text(f"by alpha {float(alpha):.2f}").wait_for()
+                src = page.locator("#counterfactual img").get_attribute("src")
+                images.append(np.asarray(Image.open(BytesIO(page.request.get(src).body())).convert("RGB")))
+            page.locator("#strip-button").click()
+            page.locator("#strip img").nth(3).wait_for()
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    print(f"explorer screenshot: {shot}")
+    assert images[0].shape == (160, 160, 3) and np.abs(images[0].astype(int) - images[1].astype(int)).max() > 20
+    assert not outside, f"the page requested outside addresses: {outside[:5]}"
+    assert shot.stat().st_size > 10_000
