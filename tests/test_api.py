@@ -268,7 +268,7 @@ def test_export_and_load_refuse_what_does_not_fit(tmp_path, run_copy, model):
     (export / "model_index.json").write_text(json.dumps({**index, "export_format": 7}))
     with pytest.raises(ValueError, match="export format 7; this diti"):
         diti.load(export)
-    with pytest.raises(ValueError, match="neither a `diti train` run folder"):
+    with pytest.raises(ValueError, match="not a diti run folder .* nor a model folder written by `diti export`"):
         diti.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="model folder not found"):
         diti.load(tmp_path / "nope")

@@ -113,8 +113,8 @@ class DiTiPipeline:
             return cls(model, cfg, path, index.get("checkpoint"), index.get("weights", "ema"))
         if not (path / "meta.json").is_file():
             raise ValueError(
-                f"{path} is neither a `diti train` run folder (no meta.json) nor a folder written by `diti export` "
-                "(no model_index.json)"
+                f"{path} is not a diti run folder (no meta.json) nor a model folder written by `diti export` (no "
+                "model_index.json)"
             )
         from ..training.jobs import load_diti_run
 
