@@ -290,7 +290,7 @@ def test_a_run_whose_dm_moved_loads_with_dm(tmp_path, run_copy, model, pair, mon
 
 
 def test_reconstruct_command(run_copy, shapes16, tmp_path):
-    out = invoke("reconstruct", run_copy, "--data", shapes16, "--images", "0,3", "--steps", 3,
+    out = invoke("reconstruct", run_copy, "--data", shapes16, "--images", "0, 3", "--steps", 3,
                  "--out", tmp_path / "r.png")
     mse = [float(v) for v in re.search(r"\(([^)]*)\)", out).group(1).split(", ")]
     assert len(mse) == 2 and all(m >= 0 for m in mse) and "wrote" in out

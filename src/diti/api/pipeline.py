@@ -228,7 +228,7 @@ class DiTiPipeline:
         dataset = None
         out = []
         for spec in specs:
-            text = str(spec)
+            text = str(spec).strip()
             if isinstance(spec, (int, np.integer)) or text.isdigit():
                 if data is None:
                     raise ValueError(f"image {text} is an index: give the data folder it indexes (data=...)")

@@ -389,7 +389,7 @@ def explore(
     dm: Path = typer.Option(None, help=DM_HELP),
 ):
     """The counterfactual explorer: a local web page to pick two images, swap or interpolate stages/chunks of
-    their codes and see the result (needs the app extra: pip install 'diti[app]')."""
+    their codes and see the result (needs gradio: the package's `app` extra, which `make setup` installs)."""
     try:
         from ..app.explorer import build_app, launch
     except ImportError as err:
