@@ -315,3 +315,21 @@ def test_readme_python_example_runs_verbatim(tmp_path, run_copy, shapes16, monke
     exec(compile(code, "README.md", "exec"), {})
     with Image.open(tmp_path / "swap.png") as im:
         assert im.size == (16, 16)
+
+
+def test_pdae_runs_load_and_edit_too(tmp_path, run_copy, pair, shapes16):
+    from conftest import quick_cfg
+    from diti.app.explorer import Explorer
+    from diti.training.jobs import train_diti
+
+    dm = diti.load(run_copy).config.dm
+    run = train_diti(quick_cfg(dm, shapes16, "train.steps=1", "partition.k=1"), tmp_path / "pdae")
+    pdae = diti.load(run)
+    assert pdae.kind == "PDAE" and pdae.partition.k == 1 and "PDAE (d=16, k=1" in pdae.describe()
+    inv_a, inv_b = pdae.invert(pair[:1], STEPS), pdae.invert(pair[1:2], STEPS)
+    everything = pdae.counterfactual(chunks=[0], steps=STEPS, inversion_a=inv_a, inversion_b=inv_b, output_type="pt")
+    assert torch.equal(everything, pdae.counterfactual(dims=list(range(16)), steps=STEPS, inversion_a=inv_a,
+                                                       inversion_b=inv_b, output_type="pt"))
+    strip = pdae.swap_each_group(inversion_a=inv_a, inversion_b=inv_b, steps=STEPS)
+    assert [g.dim_range for g, _ in strip] == [(0, 4), (4, 8), (8, 12), (12, 16)]  # PDAE: slices of z
+    assert Explorer(pdae).chunk_choices() == [("chunk 0: all t, dims 0-15", 0)]

@@ -9,8 +9,9 @@ folder is the contract: a ``diti train`` run folder, or a self-contained folder 
     model = diti.load("runs/diti")                     # or an exported folder; dm=... overrides the DM folder
     z = model.encode(images)                           # (B, d); PIL images, uint8 arrays or tensors in [-1, 1]
     inv_a, inv_b = model.invert(a), model.invert(b)    # DDIM inversions (z, x_T): pass them to reuse them
-    model.counterfactual(a, b, chunks=[0, 1], alpha=0.5, mode="interpolate",
-                         inversion_a=inv_a, inversion_b=inv_b)        # -> PIL images (output_type="pil")
+    model.counterfactual(a, b, chunks=[0, 1])          # a with b's chunks 0 and 1 -> PIL images
+    model.counterfactual(chunks=[0, 1], alpha=0.5, mode="interpolate",
+                         inversion_a=inv_a, inversion_b=inv_b)        # decodes only
 
 Every method that decodes takes ``steps`` (DDIM steps; an inversion passed in must have been made with the
 same number) and returns ``output_type`` "pil" (a list of PIL images), "np" (uint8 (B, R, R, 3)) or "pt"
