@@ -229,7 +229,7 @@ def test_explore_serves_the_page(server):
         assert "gradio" in response.read().decode().lower()
 
 
-def test_browser_picks_images_moves_the_slider_and_swaps(server, tmp_path):
+def test_browser_picks_images_moves_the_slider_and_swaps(server, tmp_path, capsys):
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} not found: `make setup` installs Debian's chromium when run as root")
     sync = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
@@ -271,7 +271,8 @@ def test_browser_picks_images_moves_the_slider_and_swaps(server, tmp_path):
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
-    print(f"explorer screenshot: {shot}")
+    with capsys.disabled():  # shown even when pytest captures output: where to look at the page
+        print(f"\nexplorer screenshot: {shot}")
     assert images[0].shape == (160, 160, 3) and np.abs(images[0].astype(int) - images[1].astype(int)).max() > 20
     assert not outside, f"the page requested outside addresses: {outside[:5]}"
     assert shot.stat().st_size > 10_000
