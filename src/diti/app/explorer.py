@@ -286,7 +286,9 @@ def _gradio():
 
 
 def build_app(model: DiTiPipeline, dataset=None, steps: int = DEFAULT_STEPS, explorer: Explorer | None = None):
-    """The explorer page (a ``gr.Blocks``) for ``model``; ``dataset``: images to pick from (optional)."""
+    """The explorer page (a ``gr.Blocks``) for ``model``; ``dataset``: images to pick from (optional).
+
+    ``explorer``: an ``Explorer`` to wire instead of a new one (its own data set and steps are used)."""
     gr = _gradio()
     ex = explorer or Explorer(model, dataset, steps)
     chunk_choices, stage_choices = ex.chunk_choices(), ex.stage_choices()
