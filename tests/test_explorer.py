@@ -180,9 +180,9 @@ def server(exported, shapes32, tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1"}
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "diti", "explore", str(exported), "--data", str(shapes32),
-                                 "--port", str(port), "--steps", str(STEPS)], stdout=out, stderr=subprocess.STDOUT,
-                                env=env)
+        command = [sys.executable, "-m", "diti", "explore", str(exported), "--data", str(shapes32), "--port", str(port),
+                   "--steps", str(STEPS), "--threads", "1"]
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 120
@@ -221,6 +221,8 @@ def test_explore_on_a_taken_port_says_so(exported):
     assert "Traceback" not in result.output
     result = CliRunner().invoke(app, ["explore", str(exported), "--data", "/nonexistent"])
     assert result.exit_code == 2 and "error:" in result.output
+    result = CliRunner().invoke(app, ["explore", str(exported), "--threads", "0"])
+    assert result.exit_code == 2 and "--threads must be >= 1" in result.output
 
 
 def test_explore_serves_the_page(server):

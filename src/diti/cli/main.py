@@ -386,6 +386,8 @@ def explore(
     port: int = typer.Option(7860, help="Port to serve on."),
     steps: int = typer.Option(25, help="DDIM steps of every inversion and decoding."),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
+    threads: int = typer.Option(None, help="torch CPU threads (default: torch's, one per core); 1 is much faster "
+                                "when other jobs share the cores (benchmarks/RESULTS.md)."),
     dm: Path = typer.Option(None, help=DM_HELP),
 ):
     """The counterfactual explorer: a local web page to pick two images, swap or interpolate stages/chunks of
@@ -395,6 +397,12 @@ def explore(
     except ImportError as err:
         _fail(ValueError(f"the explorer needs gradio ({err}); install it with: pip install 'diti[app]'"))
     try:
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"--threads must be >= 1, got {threads}")
+            import torch
+
+            torch.set_num_threads(threads)
         pipe = _pipeline(run, device, dm=dm)
         dataset = pipe.dataset(data, split) if data is not None else None
         demo = build_app(pipe, dataset, steps=steps)
