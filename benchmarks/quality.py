@@ -58,9 +58,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 BASELINES = {"pixel-pca": "first d principal components of the pixels", "random-encoder": "untrained encoder"}
 
 SETTINGS = {
-    "full": dict(preset="shapes-bench", resolution=32, n_train=10000, n_test=2000, dci_train=2000,
+    "full": dict(preset="shapes-bench", resolution=32, n_train=10000, n_test=2000, protocol="fast",
                  fidelity_pairs=128, fidelity_steps=25, classifier_epochs=2, seeds="0,1,2"),
-    "quick": dict(preset="shapes-quick", resolution=16, n_train=256, n_test=128, dci_train=200,
+    "quick": dict(preset="shapes-quick", resolution=16, n_train=256, n_test=128, protocol="fast",
                   fidelity_pairs=8, fidelity_steps=5, classifier_epochs=1, seeds="0"),
 }
 
@@ -68,7 +68,7 @@ SETTINGS = {
 def evaluate(train, test, partition: Partition, model, clf, test_set, s, seed) -> dict:
     """Probe, DCI/MIG/FactorVAE + alignment and (for learned models) fidelity of one code."""
     probe = probe_features(train, test, task="multiclass", seed=seed)
-    dis = disentangle_features(train, test, partition, max_train=s["dci_train"], max_groups=max(partition.k, 4),
+    dis = disentangle_features(train, test, partition, protocol=s["protocol"], max_groups=max(partition.k, 4),
                                seed=seed, progress=False)
     share = np.array(dis["alignment"]["group_importance_share"])
     row = {

@@ -53,12 +53,15 @@ def data_shapes(
     n_train: int = typer.Option(10000, help="Training images."),
     n_test: int = typer.Option(2000, help="Test images."),
     seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
+    version: int = typer.Option(1, "--version", help="Factor design: 1 (demo, 7 factors lost at t 400-700) or 2 "
+                                "(benchmark, 8 factors lost across t 100-670 at 16 px)."),
 ):
-    """Generate the embedded shapes data set (7 known factors, coarse to fine)."""
+    """Generate the embedded shapes data set (known factors, coarse to fine)."""
     from ..data import generate_shapes
 
     try:
-        path = generate_shapes(out, resolution=resolution, n_train=n_train, n_test=n_test, seed=seed)
+        path = generate_shapes(out, resolution=resolution, n_train=n_train, n_test=n_test, seed=seed,
+                               version=version)
     except USER_ERRORS as err:
         _fail(err)
     typer.echo(f"wrote {path}")
@@ -147,7 +150,7 @@ def encode(
     typer.echo(f"encoded {len(features)} images to {features.shape[1]} dims: " + ", ".join(map(str, written)))
 
 
-PROBE_DEFAULTS = {"task": "auto", "epochs": 15, "lr": 1e-3, "batch_size": 128, "hflip": False,
+PROBE_DEFAULTS = {"task": "auto", "epochs": None, "steps": None, "lr": 1e-3, "batch_size": 128, "hflip": False,
                   "valid_split": None, "test_split": "test"}
 
 
@@ -164,7 +167,9 @@ def probe(
     valid_split: str = typer.Option(None, help="Split to choose the epoch on [10% held out of train]."),
     task: str = typer.Option(None, help="auto, multiclass, binary or regression [auto]."),
     columns: str = typer.Option(None, help="Comma-separated attribute names to probe (default: all)."),
-    epochs: int = typer.Option(None, help="Epochs [15, official]."),
+    epochs: int = typer.Option(None, help="Fixed epoch count (the official protocol: 15, as in --preset celeba/lfw)."),
+    steps: int = typer.Option(None, help="Optimizer-step budget with early stopping on the validation split "
+                              "[5000; the default unless --epochs or a preset is given]."),
     lr: float = typer.Option(None, help="Adam learning rate [1e-3, official]."),
     batch_size: int = typer.Option(None, help="Batch size [128; official: 128 CelebA, 64 LFW]."),
     hflip: bool = typer.Option(None, "--hflip/--no-hflip", help="Flip augmentation of the training images."),
@@ -182,12 +187,14 @@ def probe(
     from ..evaluation.runs import probe_features, probe_run
 
     try:
-        explicit = {"task": task, "epochs": epochs, "lr": lr, "batch_size": batch_size, "hflip": hflip,
-                    "valid_split": valid_split, "test_split": test_split}
+        explicit = {"task": task, "epochs": epochs, "steps": steps, "lr": lr, "batch_size": batch_size,
+                    "hflip": hflip, "valid_split": valid_split, "test_split": test_split}
         opts = {**PROBE_DEFAULTS, **get_preset(PROBE_PRESETS, preset),
                 **{k: v for k, v in explicit.items() if v is not None}}
+        if steps is not None and epochs is None:
+            opts["epochs"] = None  # an explicit step budget replaces a preset's epoch count
         kwargs = dict(task=opts["task"], columns=columns.split(",") if columns else None, epochs=opts["epochs"],
-                      lr=opts["lr"], batch_size=opts["batch_size"], seed=seed)
+                      steps=opts["steps"], lr=opts["lr"], batch_size=opts["batch_size"], seed=seed)
         if run is not None:
             if data is None:
                 raise ValueError("--data is required with a run folder")
@@ -209,23 +216,60 @@ def probe(
     typer.echo(result.format_table())
 
 
-@app.command()
+@app.command(epilog=(
+    "Cost (reference protocol, dominated by the GBT fits; 2-core AMD EPYC, nothing else running): "
+    "DISENTANGLE_TIMING. --protocol fast fits on 2,000 rows."))
 def disentangle(
-    run: Path = typer.Argument(..., help="A `diti train` run folder."),
-    data: Path = typer.Option(..., help="Data with known categorical factors (e.g. the shapes data)."),
-    train_split: str = typer.Option("train", help="Split the GBT classifiers and probes are fitted on."),
-    test_split: str = typer.Option("test", help="Split the scores are computed on."),
-    max_train: int = typer.Option(2000, help="Codes per GBT classifier (0 = all; GBT with defaults is slow)."),
+    run: Path = typer.Argument(None, help="A `diti train` run folder (encoded with its EMA encoder)."),
+    data: Path = typer.Option(None, help="Data with known categorical factors (with RUN), e.g. the shapes data."),
+    features: Path = typer.Option(None, help="Saved train codes (`diti encode` .npy + attribute table) instead "
+                                  "of RUN + --data."),
+    test_features: Path = typer.Option(None, help="Saved test codes (with --features)."),
+    partition: Path = typer.Option(None, help="With --features: the run folder or YAML config whose partition "
+                                   "the codes follow [k = 1]."),
+    reference: Path = typer.Option(None, help="A run (or config) whose chunks group the dims of the chunk-level "
+                                   "metrics, e.g. the DiTi run a PDAE run is compared with."),
+    out: Path = typer.Option(None, help="Output folder (default RUN/eval; required with --features)."),
+    train_split: str = typer.Option("train", help="Split the GBT classifiers, MIG and FactorVAE use."),
+    test_split: str = typer.Option("test", help="Split the GBT classifiers and probes are scored on."),
+    protocol: str = typer.Option("reference", help="reference (disentanglement_lib's sample counts) or fast."),
+    max_train: int = typer.Option(None, help="Override the protocol's GBT training rows (0 = all); the JSON "
+                                  "then names the protocol 'custom'."),
     groups: int = typer.Option(5, help="Dim groups for the alignment when the partition has a single stage."),
+    jobs: int = typer.Option(None, help="Processes for the per-factor GBT fits [one per factor, up to the CPUs]."),
     seed: int = typer.Option(0, help="Seed of the metrics."),
     device: str = typer.Option("cpu", help="Device of the encoder."),
 ):
-    """DCI, MIG, FactorVAE score and partition-attribute alignment (RUN/eval/disentangle.json, alignment.png)."""
-    from ..evaluation.runs import disentangle_run, format_disentangle
+    """DCI (per dim and per chunk/stage), MIG, FactorVAE score and partition-attribute alignment.
+
+    Writes disentangle.json and alignment.png to RUN/eval (or --out).
+    """
+    from dataclasses import replace
+
+    from ..evaluation.disentanglement import get_protocol
+    from ..evaluation.runs import disentangle_run, disentangle_saved, format_disentangle
 
     try:
-        result = disentangle_run(run, data, train_split, test_split, device, max_train=max_train or None,
-                                 max_groups=groups, seed=seed)
+        proto = get_protocol(protocol)
+        if max_train is not None:
+            proto = replace(proto, name="custom", dci_max_train=max_train or None)
+        kwargs = dict(protocol=proto, max_groups=groups, seed=seed, n_jobs=jobs, reference=reference)
+        if run is not None:
+            if data is None:
+                raise ValueError("--data is required with a run folder")
+            if features is not None or partition is not None:
+                raise ValueError("give a RUN folder with --data, or --features (with --partition), not both")
+            result = disentangle_run(run, data, train_split, test_split, device, **kwargs)
+            if out is not None:
+                from ..evaluation.runs import write_disentangle
+
+                write_disentangle(result, out, run.name)
+        else:
+            if features is None or test_features is None:
+                raise ValueError("give a RUN folder with --data, or --features and --test-features")
+            if out is None:
+                raise ValueError("--out is required with --features")
+            result = disentangle_saved(features, test_features, out, partition=partition, **kwargs)
     except USER_ERRORS as err:
         _fail(err)
     typer.echo(format_disentangle(result))
