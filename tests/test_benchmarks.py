@@ -40,3 +40,28 @@ def test_quality_quick(tmp_path, capsys):
     saved = json.loads((tmp_path / "quality.json").read_text())
     assert saved["machine"]["torch"] and saved["command"].startswith("python benchmarks/quality.py")
     assert (tmp_path / "quality.md").read_text().startswith("Mean ± std over seeds [0]")
+
+
+def test_curves_quick(tmp_path, capsys):
+    main = runpy.run_path(str(BENCH / "curves.py"))["main"]
+    out = main(["--quick", "--variants", "pdae,diti-k8-sg,pixel-pca", "--out", str(tmp_path)])
+    text = capsys.readouterr().out
+    assert "### At the last point" in text and "| diti-k8-sg |" in text and "| pixel-pca |" in text
+    results = tmp_path / "results"
+    files = sorted(p.relative_to(results).as_posix() for p in results.glob("*/seed*/step*.json"))
+    assert files == ["diti-k8-sg/seed0/step000002.json", "diti-k8-sg/seed0/step000004.json",
+                     "pdae/seed0/step000002.json", "pdae/seed0/step000004.json", "pixel-pca/seed0/step000000.json"]
+    first, last = (json.loads((results / f"pdae/seed0/step00000{s}.json").read_text()) for s in (2, 4))
+    # MIG, FactorVAE and the probe at every point; DCI (and its chunk level) only at the last point in quick mode
+    assert set(first["metrics"]) == {"probe_mean", "mig", "factor_vae"} and first["dci"] is None
+    assert {"dci_d", "dci_c", "dci_i", "chunk_d", "chunk_c"} <= set(last["metrics"])
+    assert last["images"] == 4 * 16 and last["train_seconds"] >= first["train_seconds"] > 0
+    assert last["protocol"]["name"] == "fast" and len(last["probe"]) == 8  # shapes version 2: 8 factors
+    # PDAE's chunk-level metrics use the DiTi variant's chunks
+    assert last["chunk_level"]["source"] == "chunks of the reference partition"
+    assert len(last["chunk_level"]["chunk_importance"]) == 4
+    assert {Path(f).name for f in out["figures"]} >= {"probe_mean.png", "dci_d.png", "chunk_d.png",
+                                                      "probe_per_factor.png"}
+    # a second call reuses every finished point
+    again = main(["--quick", "--variants", "pdae", "--out", str(tmp_path)])
+    assert len(again["table"]["pdae"][4]) == 1

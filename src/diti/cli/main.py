@@ -520,10 +520,21 @@ def partition(
     config: Path = typer.Option(None, help="Read the partition from a YAML config."),
     run: Path = typer.Option(None, help="Read the partition from a run folder's config."),
     preset: str = typer.Option(None, help="Read the partition from a preset."),
+    from_attribute_loss: Path = typer.Option(None, help="Place the stages at the factors' crossings in this "
+                                             "attribute_loss.json (`diti attribute-loss`); needs --latent-dim, --k."),
     as_json: bool = typer.Option(False, "--json", help='Print {"chunk_end_dims": [...], "chunk_of_t": [...]}.'),
 ):
-    """Print the time-step partition of z as a table (chunk, t-range, dims)."""
+    """Print the time-step partition of z as a table (chunk, t-range, dims).
+
+    With --from-attribute-loss: each factor goes to the chunk whose t-range holds the t where its attribute
+    loss crosses the threshold; each such chunk opens a stage (the first from t = 0, the last to T), and the
+    stages share the d dims in proportion to their factors. Prints the --set overrides that train with it.
+    """
     try:
+        if from_attribute_loss is not None:
+            _partition_from_attribute_loss(from_attribute_loss, latent_dim, k, timesteps, as_json,
+                                           stages is not None or any(v is not None for v in (config, run, preset)))
+            return
         if run is not None:
             config = Path(run) / "config.yaml"
         overrides = []
@@ -545,6 +556,39 @@ def partition(
     except USER_ERRORS as err:
         _fail(err)
     typer.echo(json.dumps(part.to_json()) if as_json else part.format_table())
+
+
+def _partition_from_attribute_loss(path: Path, latent_dim, k, timesteps, as_json: bool, conflicting: bool) -> None:
+    from ..partition import partition_from_crossings
+
+    if conflicting:
+        raise ValueError("--from-attribute-loss replaces --stages/--config/--run/--preset; give it alone")
+    if latent_dim is None or k is None:
+        raise ValueError("--from-attribute-loss needs --latent-dim and --k")
+    if not path.is_file():
+        raise FileNotFoundError(f"attribute-loss file not found: {path}")
+    data = json.loads(path.read_text())
+    crossings = data.get("crossing_t_interp") or data.get("crossing_t")
+    if not isinstance(crossings, dict):
+        raise ValueError(f"{path} has no crossing_t_interp / crossing_t table (is it a `diti attribute-loss` JSON?)")
+    part, groups = partition_from_crossings(crossings, latent_dim, k, timesteps or 1000)
+    overrides = [f"partition.latent_dim={part.latent_dim}", f"partition.k={part.k}",
+                 f"partition.stages=[{','.join(map(str, part.stages))}]",
+                 f"partition.dims_per_stage=[{','.join(map(str, part.dims_per_stage))}]"]
+    if as_json:
+        typer.echo(json.dumps({**part.to_json(), "stages": list(part.stages), "dims_per_stage":
+                               list(part.dims_per_stage), "stage_factors": groups, "crossings": crossings}))
+        return
+    typer.echo(part.format_table())
+    for j, names in enumerate(groups):
+        lo, hi = part.stage_t_ranges[j]
+        typer.echo(f"stage {j} (t {lo}-{hi}): " + ", ".join(f"{n} ({crossings[n]:.0f})" if crossings[n] is not None
+                                                             else f"{n} (never lost)" for n in names))
+        chunks = [i for i in range(part.k) if part.stage_of_chunk[i] == j]
+        if part.dims_per_stage[j] < len(chunks):
+            typer.echo(f"  note: {part.dims_per_stage[j]} dims over {len(chunks)} chunks: the official rule gives "
+                       "the chunks before the stage's last floor(D / n) = 0 dims (a smaller --k avoids this)")
+    typer.echo("train with: " + " ".join(f"--set {o}" for o in overrides))
 
 
 @app.command()

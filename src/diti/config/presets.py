@@ -86,6 +86,15 @@ DITI_PRESETS: dict[str, dict] = {
     # benchmarks/quality.py: the demo's models with a larger budget (800 steps of batch 64, ~25 min per model on
     # one CPU core); the variants of the benchmark are overrides on top of it (benchmarks/RESULTS.md).
     "shapes-bench": {**_SHAPES_DITI, "train": {**_SHAPES_DITI["train"], "steps": 800}},
+    # benchmarks/curves.py, the benchmark that converges on a CPU core: 16-px shapes version 2 on the shipped
+    # dm-shapes2-16, d = 32 (4 dims per chunk of k = 8), the demo's encoder, 4,000 steps of batch 64 (256k
+    # images). Variants (PDAE, base mode, the partition read from the DM) are overrides in benchmarks/curves.py.
+    "shapes2-bench": {
+        "partition": {"latent_dim": 32, "k": 8, "stages": None, "dims_per_stage": None, "mode": "stop_grad"},
+        "encoder": _SHAPES_DITI["encoder"],
+        "train": {"steps": 4000, "batch_size": 64, "lr": 1e-3, "ema_decay": 0.999, "checkpoint_every": 250,
+                  "log_every": 50, "keep_checkpoints": 2},
+    },
 }
 
 

@@ -161,9 +161,12 @@ def chunk_groups(partition, reference=None, num_slices: int = 8) -> list:
 def disentangle_features(
     train: tuple[np.ndarray, Attributes], test: tuple[np.ndarray, Attributes], partition,
     protocol="reference", reference_partition=None, max_groups: int = 5, seed: int = 0,
-    progress: bool = True, n_jobs: int | None = None, **probe_kwargs,
+    progress: bool = True, n_jobs: int | None = None, with_dci: bool = True, **probe_kwargs,
 ) -> dict:
     """DCI, MIG, FactorVAE, their chunk- and stage-level versions, and the partition-attribute alignment.
+
+    ``with_dci=False`` computes MIG and FactorVAE only (DCI's classifiers dominate the cost); the DCI, chunk
+    level and alignment entries are then None.
 
     ``protocol``: the sample counts, a name in ``disentanglement.PROTOCOLS`` ("reference" is
     disentanglement_lib's) or a ``Protocol``.
@@ -197,13 +200,19 @@ def disentangle_features(
         raise ValueError("disentanglement metrics need categorical factors; this attribute table has none")
     names = [a_tr.names[i] for i in categorical]
     f_tr, f_te = np.asarray(a_tr.values)[:, categorical], np.asarray(a_te.values)[:, categorical]
-    d = dci(z_tr, f_tr, z_te, f_te, seed=seed, progress=progress, max_train=proto.dci_max_train,
-            max_test=proto.dci_max_test, n_jobs=n_jobs)
     rows = subsample_rows(len(z_tr), proto.mig_max_rows, seed)
     mig_result = mig(z_tr[rows], f_tr[rows])
     fv = factor_vae_score(z_tr, f_tr, seed=seed, batch_size=proto.factor_vae_batch,
                           num_train_votes=proto.factor_vae_train_votes, num_eval_votes=proto.factor_vae_eval_votes,
                           num_variance_rows=proto.factor_vae_variance_rows)
+    common = {"factors": names, "mig": mig_result.to_dict(), "factor_vae": fv.to_dict()}
+    used = {**proto.to_dict(), "mig_rows": int(len(rows)), "mig_split": "train", "factor_vae_split": "train",
+            "seed": seed}
+    if not with_dci:
+        return {"protocol": {**used, "dci": "not computed"}, **common, "num_train": None, "dci": None,
+                "importance": None, "chunk_level": None, "alignment": None}
+    d = dci(z_tr, f_tr, z_te, f_te, seed=seed, progress=progress, max_train=proto.dci_max_train,
+            max_test=proto.dci_max_test, n_jobs=n_jobs)
 
     layout = reference_partition if reference_partition is not None else partition
     stages = [g for g in dim_groups(layout, max_groups) if g.dim_range[1] > g.dim_range[0]]
@@ -217,16 +226,12 @@ def disentangle_features(
     chunk_level = grouped_dci(d.importance, chunk_ranges)
     stage_level = grouped_dci(d.importance, stage_ranges)
     return {
-        "protocol": {**proto.to_dict(), "dci_train_rows": d.num_train, "dci_test_rows": d.num_test,
-                     "mig_rows": int(len(rows)), "mig_split": "train", "factor_vae_split": "train",
-                     "gbt_seeding": f"GradientBoostingClassifier(random_state={seed}) for every factor",
-                     "seed": seed},
-        "factors": names,
+        "protocol": {**used, "dci_train_rows": d.num_train, "dci_test_rows": d.num_test,
+                     "gbt_seeding": f"GradientBoostingClassifier(random_state={seed}) for every factor"},
+        **common,
         "num_train": d.num_train,
         "dci": {k: v for k, v in d.to_dict().items() if k != "importance"},
         "importance": d.importance.tolist(),
-        "mig": mig_result.to_dict(),
-        "factor_vae": fv.to_dict(),
         "chunk_level": {
             "source": ("chunks of the reference partition" if reference_partition is not None and layout.k > 1
                        else "the partition's chunks" if layout.k > 1 else "equal slices of z (k = 1)"),
