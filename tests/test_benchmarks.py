@@ -65,3 +65,11 @@ def test_curves_quick(tmp_path, capsys):
     # a second call reuses every finished point
     again = main(["--quick", "--variants", "pdae", "--out", str(tmp_path)])
     assert len(again["table"]["pdae"][4]) == 1
+
+
+def test_dm_check_quick(tmp_path, capsys):
+    main = runpy.run_path(str(BENCH / "dm_check.py"))["main"]
+    result = main(["--quick", "--out", str(tmp_path / "r.json")])
+    assert "DDIM steps: MSE" in capsys.readouterr().out
+    assert result["images"] == 4 and result["mse"] > 0 and len(result["sha256"]) == 64
+    assert json.loads((tmp_path / "r.json").read_text())["psnr_db"] == result["psnr_db"]
