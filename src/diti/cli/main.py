@@ -265,6 +265,9 @@ def counterfactual(
     x_t: str = typer.Option("keep", "--x-t", help="keep a's x_T, or slerp it towards b's."),
     pairs: int = typer.Option(4, help="Random pairs when --a/--b are not given."),
     steps: int = typer.Option(100, help="DDIM steps."),
+    clip_x0: bool = typer.Option(False, "--clip-x0/--no-clip-x0",
+                                 help="Clip the predicted x0 to [-1, 1] at every DDIM decoding step, as the official "
+                                      "samplers do (never in the inversion) [off]."),
     seed: int = typer.Option(0, help="Seed of the random pairs."),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
     out: Path = typer.Option(None, help="PNG to write (default RUN/eval/counterfactual.png)."),
@@ -282,7 +285,8 @@ def counterfactual(
         model, cfg = load_run_or_fail(run, device)
         dataset = cfg.data.open(split, data)
         out = out or eval_dir(run) / "counterfactual.png"
-        kw = dict(alphas=_floats(alphas, "--alphas"), mode=mode, x_T=x_t, num_steps=steps, progress=True)
+        kw = dict(alphas=_floats(alphas, "--alphas"), mode=mode, x_T=x_t, num_steps=steps, progress=True,
+                  clip_x0=clip_x0)
         groups = None
         if chunks or stages or dims:
             mask = select_dims(model.partition, chunks=_int_list(chunks, "--chunks"),
@@ -317,6 +321,9 @@ def manipulate(
     split: str = typer.Option("test", help="Split of the edited images."),
     fit_split: str = typer.Option("train", help="Split the ProbMask classifier is fitted on."),
     steps: int = typer.Option(100, help="DDIM steps."),
+    clip_x0: bool = typer.Option(False, "--clip-x0/--no-clip-x0",
+                                 help="Clip the predicted x0 to [-1, 1] at every DDIM decoding step, as the official "
+                                      "samplers do (never in the inversion) [off]."),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
     out: Path = typer.Option(None, help="PNG to write (default RUN/eval/manipulate-ATTRIBUTE.png)."),
 ):
@@ -335,8 +342,9 @@ def manipulate(
         x = torch.stack([_image(s, dataset) for s in images.split(",")]).to(device)
         out = out or eval_dir(run) / f"manipulate-{attribute}.png"
         path = manipulation_figure(model, x, result, out, _floats(strengths, "--strengths"), steps, attribute=attribute,
-                                   progress=True)
-        (Path(path).with_suffix(".json")).write_text(json.dumps(result.to_dict(), indent=2))
+                                   progress=True, clip_x0=clip_x0)
+        decoding = {"ddim_steps": steps, "clip_x0": clip_x0}
+        (Path(path).with_suffix(".json")).write_text(json.dumps({**result.to_dict(), "decoding": decoding}, indent=2))
     except USER_ERRORS as err:
         _fail(err)
     typer.echo(f"ProbMask on {d_prime} dims {sorted(result.mask_dims.tolist())}: held-out accuracy "

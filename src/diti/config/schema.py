@@ -1,6 +1,6 @@
 """Typed configs for every job. Defaults live here and only here; presets are small overrides.
 
-The DiTi defaults are the official CelebA64 recipe (PAPER.md): d = 512, k = 64, imbalanced stages
+The DiTi defaults are the official CelebA64 recipe (docs/method.md): d = 512, k = 64, imbalanced stages
 50/100/300/500/1000 with dims 10/25/327/100/50, stop_grad, Adam 1e-4, global batch 128, EMA 0.9999.
 """
 
@@ -62,19 +62,30 @@ class ObjectiveConfig:
 
 @dataclass
 class EncoderConfig:
-    """Convolutional encoder: one stride-2 conv per entry of ``channels`` (official CelebA64 design)."""
+    """Convolutional encoder: one stride-2 conv per entry of ``channels`` (official CelebA64 design).
+
+    ``init``: ``default`` (PyTorch's init of every layer) or ``official`` (the same, but each attention block's
+    output projection starts at zero, as in the official encoder).
+    """
 
     channels: list[int] = field(default_factory=lambda: [64, 128, 128, 128])
     attn_resolutions: list[int] = field(default_factory=lambda: [16])
     attn_heads: int = 4
     norm_groups: int = 32
+    init: Literal["default", "official"] = "default"
 
 
 @dataclass
 class DecoderConfig:
-    """Shift decoder built from the frozen DM; z_embed_dim None = the DM's time-embedding width."""
+    """Shift decoder built from the frozen DM; z_embed_dim None = the DM's time-embedding width.
+
+    ``init``: how the trainable mid/up copy starts. ``dm_copy`` (diti's default): from the DM's weights.
+    ``official``: as the official ShiftUNet, from a fresh random init in which every residual block's output
+    conv and every attention output projection are zero. The output conv is zero in both, so G = 0 at step 0.
+    """
 
     z_embed_dim: int | None = None
+    init: Literal["dm_copy", "official"] = "dm_copy"
 
 
 @dataclass
