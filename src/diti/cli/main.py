@@ -19,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="Make data sets.", no_args_is_help=True)
+data_app = typer.Typer(help="Make, describe and check data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 SET_HELP = "Override a config value, e.g. --set train.lr=3e-4 (repeatable; values are YAML)."
@@ -240,7 +240,7 @@ def _image(spec: str, dataset) -> torch.Tensor:
         if index >= len(dataset):
             raise ValueError(f"image index {index} is out of range: the split has {len(dataset)} images")
         return dataset[index]
-    return to_tensor(load_image(Path(spec), dataset.resolution)[None])[0]
+    return to_tensor(load_image(Path(spec), dataset.resolution, resize=dataset.resize)[None])[0]
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -463,6 +463,34 @@ def report(
     except USER_ERRORS as err:
         _fail(err)
     typer.echo(f"wrote {path}")
+
+
+@data_app.command("check")
+def data_check(
+    path: Path = typer.Argument(..., help="Data set folder (any format diti reads)."),
+    resolution: int = typer.Option(None, help="Training resolution: also list images smaller than it."),
+    format: str = typer.Option(None, "--format", help="Data format (default: detected from the folder)."),
+    attributes: Path = typer.Option(None, help="Attribute table replacing the data set's own."),
+    workers: int = typer.Option(0, help="Worker processes decoding in parallel."),
+    out: Path = typer.Option(None, help="Also write the findings as JSON here."),
+):
+    """Decode every image of every split once; list each unreadable or odd file (exit 1 if any is unreadable).
+
+    Unreadable: cannot be decoded, or the crop box does not fit (training would stop on it; --set
+    data.skip_unreadable=true skips such files with a warning). Odd but readable: converted to RGB
+    (grayscale, alpha, 16-bit), upsampled (smaller than --resolution), extension not matching the bytes.
+    """
+    from ..data.check import check_dataset, write_report
+
+    try:
+        report = check_dataset(path, resolution, format, attributes, workers=workers)
+        if out is not None:
+            write_report(report, out)
+    except USER_ERRORS as err:
+        _fail(err)
+    typer.echo(report.format_table())
+    if report.unreadable:
+        raise typer.Exit(1)
 
 
 @data_app.command("formats")

@@ -105,7 +105,13 @@ class UNetConfig:
 class DataConfig:
     """Where the training images come from. resolution None = the DM's sample size; format None = detected
     from the folder (diti-array, celeba, lfw, lmdb, image-folder); attributes: an attribute table that
-    replaces the format's own."""
+    replaces the format's own.
+
+    resize: ``bicubic`` (diti's default) or ``bilinear`` (the official pipeline: crop, then bilinear).
+    skip_unreadable: replace an image that cannot be decoded by the next readable one, with a logged warning
+    naming the file (off: training stops with an error naming it; ``diti data check`` lists them all first).
+    num_workers: DataLoader worker processes; None = 0 on CPU, min(8, CPU cores) when training on CUDA.
+    """
 
     path: str | None = None
     split: str = "train"
@@ -113,7 +119,9 @@ class DataConfig:
     format: str | None = None
     attributes: str | None = None
     hflip: bool = False
-    num_workers: int = 0
+    resize: Literal["bicubic", "bilinear"] = "bicubic"
+    skip_unreadable: bool = False
+    num_workers: int | None = None
 
     def open(self, split: str | None = None, path: str | None = None):
         """The data set of ``split`` (default: the training split) at this config's resolution.
@@ -126,6 +134,7 @@ class DataConfig:
         return open_dataset(
             self.path if path is None else path, split or self.split, self.resolution,
             attributes=self.attributes if same else None, format=self.format if same else None,
+            resize=self.resize, skip_unreadable=self.skip_unreadable,
         )
 
 
