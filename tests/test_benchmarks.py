@@ -4,6 +4,8 @@ import json
 import runpy
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -40,3 +42,60 @@ def test_quality_quick(tmp_path, capsys):
     saved = json.loads((tmp_path / "quality.json").read_text())
     assert saved["machine"]["torch"] and saved["command"].startswith("python benchmarks/quality.py")
     assert (tmp_path / "quality.md").read_text().startswith("Mean ± std over seeds [0]")
+
+
+def _children(pid: int) -> set[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process trees from /proc")
+def test_quality_workers_end_when_the_parent_gets_sigterm(tmp_path, random_dm):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(BENCH.parent / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH / "quality.py"), "--quick", "--jobs", "2", "--variants", "pdae,diti-k4-sg",
+         "--dm", str(random_dm), "--out", str(tmp_path / "q")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline, workers = time.time() + 120, set()
+    while time.time() < deadline and proc.poll() is None:
+        workers = {c for c in _children(proc.pid)
+                   if b"multiprocessing" in Path(f"/proc/{c}/cmdline").read_bytes()} if _alive(proc.pid) else set()
+        if len(workers) >= 2:
+            break
+        time.sleep(0.1)
+    assert len(workers) >= 2, "the pool never started"
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(30)
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    left = [w for w in workers if _alive(w)]
+    for w in left:  # do not leave them running if the test fails
+        os.kill(w, signal.SIGKILL)
+    assert not left, "pool workers outlived the SIGTERM'd parent"
+    assert code == 128 + signal.SIGTERM
