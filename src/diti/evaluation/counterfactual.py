@@ -1,5 +1,4 @@
-"""Counterfactual generation: edit chosen dims of z, decode with DDIM (docs/evaluation.md, "Counterfactual
-generation").
+"""Counterfactual generation: edit chosen dims of z, decode with DDIM (docs/evaluation.md).
 
 The protocol, for a source image a and a reference image b:
 

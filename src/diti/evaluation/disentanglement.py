@@ -1,7 +1,7 @@
 """Disentanglement metrics on data with known discrete factors: DCI, MIG, FactorVAE score, group alignment.
 
 Definitions follow google-research/disentanglement_lib (``evaluation/metrics/{dci,mig,factor_vae,utils}.py``),
-which is what the peers (DisDiff, EncDiff) report on Shapes3D; see PAPER.md "Evaluation protocols". The code is
+which is what the peers (DisDiff, EncDiff) report on Shapes3D; see docs/evaluation.md. The code is
 our own and works on arrays rather than on a ground-truth simulator:
 
 - ``codes``: float (N, D), one representation per row (for DiTi, the concatenated chunks of z);

@@ -1,4 +1,4 @@
-"""Attribute manipulation with ProbMask (docs/evaluation.md, "Attribute manipulation").
+"""Attribute manipulation with ProbMask (docs/evaluation.md).
 
 A linear classifier of one binary attribute on standardised codes u = (z - mean) / std, restricted to a
 learned sparse mask of d' dims; an edit moves z along the classifier's direction inside the mask and decodes

@@ -1,4 +1,4 @@
-"""Linear probes on frozen features (the official protocol, PAPER.md "Evaluation protocols").
+"""Linear probes on frozen features (the official protocol, docs/evaluation.md).
 
 One Linear(d, outputs) trained with Adam (lr 1e-3) for 15 epochs on the raw features; the epoch is chosen on a
 validation split (never on test) and the test metrics of that epoch are reported.
