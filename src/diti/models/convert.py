@@ -613,6 +613,25 @@ def load_guided_state_dict(checkpoint: Path | str) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
+def guided_to_unet2d(
+    state: dict[str, torch.Tensor], config: Path | dict, *, drop_learned_sigma: bool = False
+) -> UNet2DModel:
+    """The UNet2DModel (per-layer attention heads set) holding a guided-diffusion state dict described by
+    ``config`` (see :func:`read_guided_config`); ValueError when any weight cannot be mapped."""
+    spec, _ = read_guided_config(config, learned_sigma_ok=drop_learned_sigma)
+    state = dict(state)
+    if spec.out_channels == 2 * spec.in_channels:
+        for param in ("weight", "bias"):
+            if f"out.2.{param}" in state:
+                state[f"out.2.{param}"] = state[f"out.2.{param}"][: spec.in_channels]
+    unet = UNet2DModel(**unet2d_config(spec))
+    heads = attention_heads(spec)
+    if heads:
+        set_attention_heads(unet, heads)
+    unet.load_state_dict(map_guided_state_dict(state, spec, unet), strict=True)
+    return unet
+
+
 def convert_guided_dm(
     checkpoint: Path, config: Path | dict | None, out: Path, *, drop_learned_sigma: bool = False
 ) -> Path:
@@ -630,18 +649,8 @@ def convert_guided_dm(
         config = checkpoint.parent / "config.yml"
         if not config.is_file():
             raise ValueError(f"no config given and no config.yml beside {checkpoint}")
-    spec, schedule = read_guided_config(config, learned_sigma_ok=drop_learned_sigma)
-    state = load_guided_state_dict(checkpoint)
-    if spec.out_channels == 2 * spec.in_channels:
-        for param in ("weight", "bias"):
-            if f"out.2.{param}" in state:
-                state[f"out.2.{param}"] = state[f"out.2.{param}"][: spec.in_channels]
-
-    unet = UNet2DModel(**unet2d_config(spec))
-    heads = attention_heads(spec)
-    if heads:
-        set_attention_heads(unet, heads)
-    unet.load_state_dict(map_guided_state_dict(state, spec, unet), strict=True)
+    _, schedule = read_guided_config(config, learned_sigma_ok=drop_learned_sigma)
+    unet = guided_to_unet2d(load_guided_state_dict(checkpoint), config, drop_learned_sigma=drop_learned_sigma)
     unet.save_pretrained(out, safe_serialization=True)
     write_attention_heads(unet, out)
     DDPMScheduler(
