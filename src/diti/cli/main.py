@@ -267,7 +267,7 @@ def counterfactual(
     steps: int = typer.Option(100, help="DDIM steps."),
     clip_x0: bool = typer.Option(False, "--clip-x0/--no-clip-x0",
                                  help="Clip the predicted x0 to [-1, 1] at every DDIM decoding step, as the official "
-                                      "samplers do (never in the inversion) [off]."),
+                                      "samplers do (never in the inversion)."),
     seed: int = typer.Option(0, help="Seed of the random pairs."),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
     out: Path = typer.Option(None, help="PNG to write (default RUN/eval/counterfactual.png)."),
@@ -323,7 +323,7 @@ def manipulate(
     steps: int = typer.Option(100, help="DDIM steps."),
     clip_x0: bool = typer.Option(False, "--clip-x0/--no-clip-x0",
                                  help="Clip the predicted x0 to [-1, 1] at every DDIM decoding step, as the official "
-                                      "samplers do (never in the inversion) [off]."),
+                                      "samplers do (never in the inversion)."),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
     out: Path = typer.Option(None, help="PNG to write (default RUN/eval/manipulate-ATTRIBUTE.png)."),
 ):
