@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -185,7 +188,8 @@ def main(argv=None) -> dict:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool, \
+                _workers_end_with_us():
             futures = {pool.submit(run_one, v, seed, *common): (v, seed) for v, seed in jobs}
             for future, (v, seed) in futures.items():
                 record(v, seed, future.result())
@@ -203,6 +207,27 @@ def main(argv=None) -> dict:
     (out / "quality.md").write_text(format_tables(results))
     print(format_tables(results))
     return results
+
+
+@contextmanager
+def _workers_end_with_us():
+    """While open, SIGTERM of this process first terminates its pool workers (which would otherwise run their
+    jobs to the end, orphaned), then exits with 128 + SIGTERM; jobs already recorded stay in quality.json."""
+    import multiprocessing
+
+    def stop(signum, frame):
+        children = multiprocessing.active_children()
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.join(5)
+        os._exit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _cpu() -> str:

@@ -71,9 +71,16 @@ def test_counterfactual_and_manipulate(tiny_run, shapes16, tmp_path):
     invoke("counterfactual", tiny_run, "--data", shapes16, "--steps", 5, "--a", 0, "--b", 1, "--stages", 0,
            "--mode", "swap", "--x-t", "slerp", "--out", tmp_path / "swap.png")
     assert (tmp_path / "swap.png").is_file()
+    invoke("counterfactual", tiny_run, "--data", shapes16, "--steps", 5, "--a", 0, "--b", 1, "--stages", 0,
+           "--clip-x0", "--out", tmp_path / "clipped.png")
+    assert (tmp_path / "clipped.png").is_file()
     out = invoke("manipulate", tiny_run, "--data", shapes16, "--attribute", "shape", "--target-class", 1,
                  "--d-prime", 4, "--steps", 5, "--images", "0,1")
     assert "ProbMask on 4 dims" in out and (tiny_run / "eval" / "manipulate-shape.png").is_file()
+    assert json.loads((tiny_run / "eval" / "manipulate-shape.json").read_text())["decoding"]["clip_x0"] is False
+    invoke("manipulate", tiny_run, "--data", shapes16, "--attribute", "shape", "--target-class", 1,
+           "--d-prime", 4, "--steps", 5, "--images", "0", "--clip-x0", "--out", tmp_path / "m.png")
+    assert json.loads((tmp_path / "m.json").read_text())["decoding"] == {"ddim_steps": 5, "clip_x0": True}
 
 
 def test_fidelity(tiny_run, shapes16):

@@ -3,8 +3,8 @@ import torch
 
 from diti.partition import Partition, official_celeba_partition
 
-# PAPER.md: "Its 64 end dims are: 2,4,6,10, 18,26,35, 60,85,...,335 (step 25),362, 370,378,...,450 (step 8),462,
-# 463,464,...,493, 512" -- written out here by hand from that description.
+# docs/method.md ("The partition") lists the 64 end dims: 2,4,6,10, 18,26,35, 60,85,...,335 (step 25),362,
+# 370,378,...,450 (step 8),462, 463,464,...,493, 512 -- written out here by hand from that description.
 OFFICIAL_END_DIMS = (
     [2, 4, 6, 10]
     + [18, 26, 35]

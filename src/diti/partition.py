@@ -4,7 +4,7 @@ z in R^d is split into k chunks; chunk i covers dims [end(i-1), end(i)) and time
 {t : floor(t / (T / k)) = i}. At time-step t the decoder sees the chunks 0..chunk_of_t[t] (the cumulative set
 of attributes lost by t). k = 1 is PDAE: every dim at every t.
 
-This module reproduces the official DiTi algorithm exactly (PAPER.md, "The partition"):
+This module reproduces the official DiTi algorithm exactly (docs/method.md, "The partition"):
 - chunk_of_t[t] = int(t / (T / k)) (float division);
 - balanced: end(i) = int(d / k * (i + 1)), computed as (d * (i + 1)) // k so float rounding never drops a dim;
 - imbalanced: stages s_1 < ... < s_m = T with dims D_1..D_m (sum d); a chunk belongs to the stage holding its

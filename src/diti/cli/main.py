@@ -19,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="Make data sets.", no_args_is_help=True)
+data_app = typer.Typer(help="Make, describe and check data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 SET_HELP = "Override a config value, e.g. --set train.lr=3e-4 (repeatable; values are YAML)."
@@ -284,7 +284,7 @@ def _image(spec: str, dataset) -> torch.Tensor:
         if index >= len(dataset):
             raise ValueError(f"image index {index} is out of range: the split has {len(dataset)} images")
         return dataset[index]
-    return to_tensor(load_image(Path(spec), dataset.resolution)[None])[0]
+    return to_tensor(load_image(Path(spec), dataset.resolution, resize=dataset.resize)[None])[0]
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -309,6 +309,9 @@ def counterfactual(
     x_t: str = typer.Option("keep", "--x-t", help="keep a's x_T, or slerp it towards b's."),
     pairs: int = typer.Option(4, help="Random pairs when --a/--b are not given."),
     steps: int = typer.Option(100, help="DDIM steps."),
+    clip_x0: bool = typer.Option(False, "--clip-x0/--no-clip-x0",
+                                 help="Clip the predicted x0 to [-1, 1] at every DDIM decoding step, as the official "
+                                      "samplers do (never in the inversion)."),
     seed: int = typer.Option(0, help="Seed of the random pairs."),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
     out: Path = typer.Option(None, help="PNG to write (default RUN/eval/counterfactual.png)."),
@@ -326,7 +329,8 @@ def counterfactual(
         model, cfg = load_run_or_fail(run, device)
         dataset = cfg.data.open(split, data)
         out = out or eval_dir(run) / "counterfactual.png"
-        kw = dict(alphas=_floats(alphas, "--alphas"), mode=mode, x_T=x_t, num_steps=steps, progress=True)
+        kw = dict(alphas=_floats(alphas, "--alphas"), mode=mode, x_T=x_t, num_steps=steps, progress=True,
+                  clip_x0=clip_x0)
         groups = None
         if chunks or stages or dims:
             mask = select_dims(model.partition, chunks=_int_list(chunks, "--chunks"),
@@ -361,6 +365,9 @@ def manipulate(
     split: str = typer.Option("test", help="Split of the edited images."),
     fit_split: str = typer.Option("train", help="Split the ProbMask classifier is fitted on."),
     steps: int = typer.Option(100, help="DDIM steps."),
+    clip_x0: bool = typer.Option(False, "--clip-x0/--no-clip-x0",
+                                 help="Clip the predicted x0 to [-1, 1] at every DDIM decoding step, as the official "
+                                      "samplers do (never in the inversion)."),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
     out: Path = typer.Option(None, help="PNG to write (default RUN/eval/manipulate-ATTRIBUTE.png)."),
 ):
@@ -379,8 +386,9 @@ def manipulate(
         x = torch.stack([_image(s, dataset) for s in images.split(",")]).to(device)
         out = out or eval_dir(run) / f"manipulate-{attribute}.png"
         path = manipulation_figure(model, x, result, out, _floats(strengths, "--strengths"), steps, attribute=attribute,
-                                   progress=True)
-        (Path(path).with_suffix(".json")).write_text(json.dumps(result.to_dict(), indent=2))
+                                   progress=True, clip_x0=clip_x0)
+        decoding = {"ddim_steps": steps, "clip_x0": clip_x0}
+        (Path(path).with_suffix(".json")).write_text(json.dumps({**result.to_dict(), "decoding": decoding}, indent=2))
     except USER_ERRORS as err:
         _fail(err)
     typer.echo(f"ProbMask on {d_prime} dims {sorted(result.mask_dims.tolist())}: held-out accuracy "
@@ -499,6 +507,34 @@ def report(
     except USER_ERRORS as err:
         _fail(err)
     typer.echo(f"wrote {path}")
+
+
+@data_app.command("check")
+def data_check(
+    path: Path = typer.Argument(..., help="Data set folder (any format diti reads)."),
+    resolution: int = typer.Option(None, help="Training resolution: also list images smaller than it."),
+    format: str = typer.Option(None, "--format", help="Data format (default: detected from the folder)."),
+    attributes: Path = typer.Option(None, help="Attribute table replacing the data set's own."),
+    workers: int = typer.Option(0, help="Worker processes decoding in parallel."),
+    out: Path = typer.Option(None, help="Also write the findings as JSON here."),
+):
+    """Decode every image of every split once; list each unreadable or odd file (exit 1 if any is unreadable).
+
+    Unreadable: cannot be decoded, or the crop box does not fit (training would stop on it; --set
+    data.skip_unreadable=true skips such files with a warning). Odd but readable: converted to RGB
+    (grayscale, alpha, 16-bit), upsampled (smaller than --resolution), extension not matching the bytes.
+    """
+    from ..data.check import check_dataset, write_report
+
+    try:
+        report = check_dataset(path, resolution, format, attributes, workers=workers)
+        if out is not None:
+            write_report(report, out)
+    except USER_ERRORS as err:
+        _fail(err)
+    typer.echo(report.format_table())
+    if report.unreadable:
+        raise typer.Exit(1)
 
 
 @data_app.command("formats")

@@ -1,6 +1,6 @@
 """Typed configs for every job. Defaults live here and only here; presets are small overrides.
 
-The DiTi defaults are the official CelebA64 recipe (PAPER.md): d = 512, k = 64, imbalanced stages
+The DiTi defaults are the official CelebA64 recipe (docs/method.md): d = 512, k = 64, imbalanced stages
 50/100/300/500/1000 with dims 10/25/327/100/50, stop_grad, Adam 1e-4, global batch 128, EMA 0.9999.
 """
 
@@ -62,19 +62,30 @@ class ObjectiveConfig:
 
 @dataclass
 class EncoderConfig:
-    """Convolutional encoder: one stride-2 conv per entry of ``channels`` (official CelebA64 design)."""
+    """Convolutional encoder: one stride-2 conv per entry of ``channels`` (official CelebA64 design).
+
+    ``init``: ``default`` (PyTorch's init of every layer) or ``official`` (the same, but each attention block's
+    output projection starts at zero, as in the official encoder).
+    """
 
     channels: list[int] = field(default_factory=lambda: [64, 128, 128, 128])
     attn_resolutions: list[int] = field(default_factory=lambda: [16])
     attn_heads: int = 4
     norm_groups: int = 32
+    init: Literal["default", "official"] = "default"
 
 
 @dataclass
 class DecoderConfig:
-    """Shift decoder built from the frozen DM; z_embed_dim None = the DM's time-embedding width."""
+    """Shift decoder built from the frozen DM; z_embed_dim None = the DM's time-embedding width.
+
+    ``init``: how the trainable mid/up copy starts. ``dm_copy`` (diti's default): from the DM's weights.
+    ``official``: as the official ShiftUNet, from a fresh random init in which every residual block's output
+    conv and every attention output projection are zero. The output conv is zero in both, so G = 0 at step 0.
+    """
 
     z_embed_dim: int | None = None
+    init: Literal["dm_copy", "official"] = "dm_copy"
 
 
 @dataclass
@@ -94,7 +105,13 @@ class UNetConfig:
 class DataConfig:
     """Where the training images come from. resolution None = the DM's sample size; format None = detected
     from the folder (diti-array, celeba, lfw, lmdb, image-folder); attributes: an attribute table that
-    replaces the format's own."""
+    replaces the format's own.
+
+    resize: ``bicubic`` (diti's default) or ``bilinear`` (the official pipeline: crop, then bilinear).
+    skip_unreadable: replace an image that cannot be decoded by the next readable one, with a logged warning
+    naming the file (off: training stops with an error naming it; ``diti data check`` lists them all first).
+    num_workers: DataLoader worker processes; None = 0 on CPU, min(8, CPU cores) when training on CUDA.
+    """
 
     path: str | None = None
     split: str = "train"
@@ -102,7 +119,9 @@ class DataConfig:
     format: str | None = None
     attributes: str | None = None
     hflip: bool = False
-    num_workers: int = 0
+    resize: Literal["bicubic", "bilinear"] = "bicubic"
+    skip_unreadable: bool = False
+    num_workers: int | None = None
 
     def open(self, split: str | None = None, path: str | None = None):
         """The data set of ``split`` (default: the training split) at this config's resolution.
@@ -115,6 +134,7 @@ class DataConfig:
         return open_dataset(
             self.path if path is None else path, split or self.split, self.resolution,
             attributes=self.attributes if same else None, format=self.format if same else None,
+            resize=self.resize, skip_unreadable=self.skip_unreadable,
         )
 
 

@@ -30,7 +30,7 @@ def shift_per_sample(
     t: torch.Tensor,
     weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """PDAE's posterior-mean-gap loss per sample (PAPER.md, "Training"):
+    """PDAE's posterior-mean-gap loss per sample (docs/method.md, "Training"):
 
     lambda(t) * mean_pixels (eps - (eps_theta(x_t, t) + c(t) G(x_t, t, z~)))^2   -> (B,)
 

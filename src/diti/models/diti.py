@@ -31,6 +31,7 @@ class DiTiModel(nn.Module):
         mode: str = "stop_grad",
         z_embed_dim: int | None = None,
         weighting: str = "official",
+        decoder_init: str = "dm_copy",
     ):
         super().__init__()
         if mode not in ("base", "stop_grad", "dual"):
@@ -40,7 +41,7 @@ class DiTiModel(nn.Module):
         if encoder.latent_dim != partition.latent_dim:
             raise ValueError(f"encoder gives d={encoder.latent_dim} but the partition has d={partition.latent_dim}")
         self.encoder = encoder
-        self.decoder = ShiftDecoder(dm, partition.latent_dim, z_embed_dim)
+        self.decoder = ShiftDecoder(dm, partition.latent_dim, z_embed_dim, decoder_init)
         self.schedule = schedule
         self.partition = partition
         self.mode = mode
@@ -61,9 +62,11 @@ class DiTiModel(nn.Module):
             attn_resolutions=cfg.encoder.attn_resolutions,
             norm_groups=cfg.encoder.norm_groups,
             attn_heads=cfg.encoder.attn_heads,
+            init=cfg.encoder.init,
         )
         partition = cfg.partition.build(cfg.diffusion.timesteps)
-        return cls(dm, encoder, partition, schedule, cfg.partition.mode, cfg.decoder.z_embed_dim, cfg.objective.weighting)
+        return cls(dm, encoder, partition, schedule, cfg.partition.mode, cfg.decoder.z_embed_dim, cfg.objective.weighting,
+                   cfg.decoder.init)
 
     # ------------------------------------------------------------------------------------------------
     @property
@@ -111,7 +114,7 @@ class DiTiModel(nn.Module):
     def eps_fn(self, z: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The noise predictor DDIM uses with code z (B, d): eps' = eps_theta - sqrt(1 - abar_t) G(x_t, t, z~).
 
-        z~ keeps the chunks of time-steps <= t (PAPER.md, "Counterfactual generation"). z None: the plain DM.
+        z~ keeps the chunks of time-steps <= t (docs/method.md, "DDIM inversion and decoding"). z None: the plain DM.
         """
 
         def eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from .trainer import Trainer
 RESUMABLE_KEYS = {
     "train": ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "progress", "device", "compile",
               "channels_last"),
-    "data": ("num_workers",),
+    "data": ("num_workers", "skip_unreadable"),
 }
 
 
