@@ -10,11 +10,13 @@ from .schedule import NoiseSchedule, extract
 
 
 class LossOutput(NamedTuple):
-    """mean: scalar to backpropagate; per_sample: (B,); t: (B,) the time-steps they were drawn at."""
+    """mean: scalar to backpropagate; per_sample: (B,); t: (B,) the time-steps they were drawn at;
+    baseline: (B,) the same loss with no shift (the frozen DM alone), where the objective has one."""
 
     mean: torch.Tensor
     per_sample: torch.Tensor
     t: torch.Tensor
+    baseline: torch.Tensor | None = None
 
 
 def ddpm_per_sample(eps_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

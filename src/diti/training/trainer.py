@@ -34,7 +34,10 @@ from ..errors import CheckpointSaveError, TrainingDiverged
 from .checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
 from .ema import EMA
 from .loader import StepBatches, StepBatchSampler, default_num_workers, step_loader
-from .randomness import seed_step
+from .randomness import generator, micro_slice, seed_step
+from .timesteps import TimestepSampler
+
+_DRAW_NOISE_STREAM = 0x7158  # keeps the noise of several draws per image apart from every other draw
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -63,9 +66,18 @@ class Trainer:
         num_workers: int | None = None,
         t_probs: torch.Tensor | None = None,
         accelerator: Accelerator | None = None,
+        t_sampler: TimestepSampler | None = None,
+        draws: int = 1,
     ):
         self.cfg = cfg
         self.t_probs = t_probs  # None: t ~ U{0..T-1}
+        # t_sampler (training/timesteps.py): t drawn here, at the step, instead of by the loader (importance
+        # sampling, or several draws per image); the loader's noise is then replaced by the step's own draws
+        if draws < 1:
+            raise ValueError(f"draws per image must be >= 1, got {draws}")
+        if draws > 1 and t_sampler is None:
+            raise ValueError("several draws per image need a t_sampler")
+        self.t_sampler, self.draws = t_sampler, draws
         self.hflip = hflip
         self.dataset = dataset
         self.timesteps = timesteps
@@ -105,6 +117,8 @@ class Trainer:
         self.step = int(state["step"])
         self.loss_sum = np.asarray(state["loss_sum"], dtype=np.float64)
         self.loss_count = np.asarray(state["loss_count"], dtype=np.int64)
+        if self.t_sampler is not None:
+            self.t_sampler.load_state_dict(state.get("t_sampler", {}))
         _truncate_metrics(self.out / "metrics.jsonl", self.step)
         return True
 
@@ -116,6 +130,8 @@ class Trainer:
 
     def save(self) -> Path:
         state = {"loss_sum": self.loss_sum.tolist(), "loss_count": self.loss_count.tolist()}
+        if self.t_sampler is not None:
+            state["t_sampler"] = self.t_sampler.state_dict()
         try:
             path = save_checkpoint(
                 self.ckpt_dir, self.step, self.module.trainable_state_dict(), self.ema_state_dict(),
@@ -224,6 +240,10 @@ class Trainer:
         device = acc.device
         seed_step(cfg.seed, self.step, acc.process_index)
         step_loss = torch.zeros((), device=device)
+        if self.t_sampler is not None:
+            m = self.draws
+            t_all, w_all = self.t_sampler.draw(cfg.batch_size, m, cfg.seed, self.step)
+            noise_all = self._step_noise(m) if m > 1 else None
         for a in range(cfg.grad_accum_steps):
             try:
                 batch = next(loader)
@@ -232,14 +252,28 @@ class Trainer:
             x0 = batch["x0"].to(device, non_blocking=True)
             t = batch["t"].to(device, non_blocking=True)
             noise = batch["noise"].to(device, non_blocking=True)
+            weights = None
+            if self.t_sampler is not None:
+                # this micro-batch's images are rows lo..lo+micro of the global batch; their draws follow
+                lo = micro_slice(a, acc.process_index, acc.num_processes, self.micro) * m
+                rows = slice(lo, lo + self.micro * m)
+                t, weights = t_all[rows].to(device), w_all[rows].to(device)
+                if noise_all is not None:
+                    noise = noise_all[rows].to(device)
             if cfg.channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
             sync = a == cfg.grad_accum_steps - 1  # gradients are all-reduced on the last micro-batch only
             with nullcontext() if sync else acc.no_sync(model), acc.autocast():
                 out = model(x0, t, noise)
-                acc.backward(out.mean / cfg.grad_accum_steps)
-            step_loss += out.mean.detach().float() / cfg.grad_accum_steps
-            self._record(acc.gather(out.per_sample.detach().float()), acc.gather(out.t))
+                # importance weights 1 / (T p(t)) keep the expected loss that of uniform t
+                objective = out.mean if weights is None else (weights * out.per_sample.float()).mean()
+                acc.backward(objective / cfg.grad_accum_steps)
+            step_loss += objective.detach().float() / cfg.grad_accum_steps
+            per_sample, t_seen = acc.gather(out.per_sample.detach().float()), acc.gather(out.t)
+            self._record(per_sample, t_seen)
+            if self.t_sampler is not None:
+                baseline = acc.gather(out.baseline.detach().float()) if out.baseline is not None else None
+                self.t_sampler.update(t_seen, per_sample, baseline)
         loss = acc.reduce(step_loss, reduction="mean")
         first_bad = (self._bad_step < 0) & ~torch.isfinite(loss)
         self._bad_step = torch.where(first_bad, torch.full_like(self._bad_step, self.step + 1), self._bad_step)
@@ -252,6 +286,11 @@ class Trainer:
         self.ema.update(self.step)
         optimizer.zero_grad(set_to_none=True)
         return loss
+
+    def _step_noise(self, draws: int) -> torch.Tensor:
+        """eps for every draw of the step's global batch (batch * draws, C, H, W): a function of (seed, step)."""
+        shape = (self.cfg.batch_size * draws, *self.dataset[0].shape)
+        return torch.randn(shape, generator=generator(self.cfg.seed, self.step, _DRAW_NOISE_STREAM))
 
     def _record(self, per_sample: torch.Tensor, t: torch.Tensor) -> None:
         if self.acc.is_main_process:
