@@ -188,3 +188,17 @@ def test_gpu_check_skips_what_the_budget_does_not_allow(tmp_path):
         with script["_deadline"](0.2):
             time.sleep(5)
     assert time.perf_counter() - start < 2
+
+
+def test_curves_reach_interpolates_in_log_images():
+    reach = runpy.run_path(str(BENCH / "curves.py"))["reach"]
+
+    def point(step, value, seconds):
+        return {"seed": 0, "step": step, "images": step * 64, "train_seconds": seconds,
+                "metrics": {"probe_mean": value}}
+
+    steps = {250: [point(250, 0.6, 100.0)], 500: [point(500, 0.7, 200.0)], 1000: [point(1000, 0.8, 400.0)]}
+    images, seconds = reach(steps, 0, 0.75)  # halfway from 500 to 1000 steps in log(images)
+    assert abs(images - 64 * (500 * 1000) ** 0.5) < 1e-6 and abs(seconds - 300.0) < 1e-9
+    assert reach(steps, 0, 0.5) == (250 * 64, 100.0)  # reached at the first point
+    assert reach(steps, 0, 0.9) is None and reach(steps, 1, 0.5) is None
