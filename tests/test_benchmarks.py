@@ -202,3 +202,11 @@ def test_curves_reach_interpolates_in_log_images():
     assert abs(images - 64 * (500 * 1000) ** 0.5) < 1e-6 and abs(seconds - 300.0) < 1e-9
     assert reach(steps, 0, 0.5) == (250 * 64, 100.0)  # reached at the first point
     assert reach(steps, 0, 0.9) is None and reach(steps, 1, 0.5) is None
+
+
+def test_draws_cost_quick(tmp_path, capsys):
+    main = runpy.run_path(str(BENCH / "draws_cost.py"))["main"]
+    result = main(["--quick", "--out", str(tmp_path / "r.json")])
+    assert "ms/draw" in capsys.readouterr().out
+    assert [r["draws"] for r in result["rows"]] == [1, 2] and result["rows"][0]["vs_first"] == 1.0
+    assert json.loads((tmp_path / "r.json").read_text())["rows"][1]["median_s"] > 0
