@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -58,9 +61,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 BASELINES = {"pixel-pca": "first d principal components of the pixels", "random-encoder": "untrained encoder"}
 
 SETTINGS = {
-    "full": dict(preset="shapes-bench", resolution=32, n_train=10000, n_test=2000, dci_train=2000,
+    "full": dict(preset="shapes-bench", resolution=32, n_train=10000, n_test=2000, protocol="fast",
                  fidelity_pairs=128, fidelity_steps=25, classifier_epochs=2, seeds="0,1,2"),
-    "quick": dict(preset="shapes-quick", resolution=16, n_train=256, n_test=128, dci_train=200,
+    "quick": dict(preset="shapes-quick", resolution=16, n_train=256, n_test=128, protocol="fast",
                   fidelity_pairs=8, fidelity_steps=5, classifier_epochs=1, seeds="0"),
 }
 
@@ -68,7 +71,7 @@ SETTINGS = {
 def evaluate(train, test, partition: Partition, model, clf, test_set, s, seed) -> dict:
     """Probe, DCI/MIG/FactorVAE + alignment and (for learned models) fidelity of one code."""
     probe = probe_features(train, test, task="multiclass", seed=seed)
-    dis = disentangle_features(train, test, partition, max_train=s["dci_train"], max_groups=max(partition.k, 4),
+    dis = disentangle_features(train, test, partition, protocol=s["protocol"], max_groups=max(partition.k, 4),
                                seed=seed, progress=False)
     share = np.array(dis["alignment"]["group_importance_share"])
     row = {
@@ -185,7 +188,8 @@ def main(argv=None) -> dict:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool, \
+                _workers_end_with_us():
             futures = {pool.submit(run_one, v, seed, *common): (v, seed) for v, seed in jobs}
             for future, (v, seed) in futures.items():
                 record(v, seed, future.result())
@@ -203,6 +207,27 @@ def main(argv=None) -> dict:
     (out / "quality.md").write_text(format_tables(results))
     print(format_tables(results))
     return results
+
+
+@contextmanager
+def _workers_end_with_us():
+    """While open, SIGTERM of this process first terminates its pool workers (which would otherwise run their
+    jobs to the end, orphaned), then exits with 128 + SIGTERM; jobs already recorded stay in quality.json."""
+    import multiprocessing
+
+    def stop(signum, frame):
+        children = multiprocessing.active_children()
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.join(5)
+        os._exit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _cpu() -> str:

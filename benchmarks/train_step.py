@@ -3,27 +3,45 @@
 (a) DDPM: UNet2DModel forward + backward + Adam on the eps loss (what `diti pretrain` does);
 (b) DiTi: encoder + frozen DM (forward only, no grad) + shift decoder, backward + Adam on E and G.
 Both at the same resolution and batch, repeats interleaved (a, b, a, b, ...) so that machine noise hits
-both alike; reports median and inter-quartile range of the step time, images/s, the ratio DiTi / DDPM and
-peak memory. Sizes: the shapes-demo models at 32 px, and the CelebA64 preset (official encoder, d=512,
-k=64) on a UNet of the official CelebA64 DM's shape at 64 px.
+both alike; reports median and inter-quartile range of the step time, images/s, the ratio DiTi / DDPM,
+peak memory, and the FLOPs of one step of each (forward + backward, counted by torch.utils.flop_counter;
+the optimizer's element-wise work is not counted) with their ratio: the FLOP ratio is what the time ratio
+would be if every FLOP cost the same, so the time ratio can be read against it. Sizes: the shapes-demo
+models at 32 px, and the CelebA64 preset (official encoder, d=512, k=64) on a UNet of the official CelebA64
+DM's shape at 64 px.
+
+``--official PATH`` (PATH: a local clone of the official DiTi repository, yue-zhongqi/diti; its modules are
+imported from there, nothing is copied) adds one side-by-side row on the same architecture, batch and
+threads, four steps interleaved: the official DDPM step (its UNet and GaussianDiffusion's
+regular_train_one_batch), the official DiTi step (its ShiftUNet with the DM's weights loaded, its
+CELEBA64Encoder and GaussianDiffusion's pdae_timestep_loss with the partition's masks), and diti's DDPM and
+DiTi steps on the same DM weights converted to a diffusers UNet2DModel (diti.models.convert). The DM is a
+guided-diffusion UNet of the 64px-celeba64 shape (base 128, multipliers 1-2-2-2, 2 residual blocks per
+level, attention at 16x16 with 64-channel heads, residual up/down-sampling), randomly initialised; the row
+also reports the largest difference between the two eps_theta on one batch (same weights: ~1e-6).
 
     python benchmarks/train_step.py                       # CPU, both sizes
     python benchmarks/train_step.py --device cuda --precision bf16 --batch 128
     python benchmarks/train_step.py --profile             # where does the time go (torch.profiler)
+    python benchmarks/train_step.py --official /tmp/diti-official --sizes "" --batch 4 --repeats 5
     python benchmarks/train_step.py --quick               # seconds; used by the test suite
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from diti.config import DiTiConfig, UNetConfig, build_config
 from diti.diffusion.schedule import NoiseSchedule
@@ -81,6 +99,13 @@ def make_step(module, params, batch, resolution, device, autocast):
     return step
 
 
+def step_flops(step) -> int:
+    """FLOPs of one call of ``step`` (forward + backward; torch.utils.flop_counter)."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return int(counter.get_total_flops())
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -124,9 +149,152 @@ def measure(args, size):
         if name in memory:
             row[name]["peak_mem_MiB"] = memory[name]
     row["ratio_diti_over_ddpm"] = row["diti"]["median_s"] / row["ddpm"]["median_s"]
+    for name, step in steps.items():
+        row[name]["flops"] = step_flops(step)
+    row["flop_ratio_diti_over_ddpm"] = row["diti"]["flops"] / row["ddpm"]["flops"]
     if args.profile:
         row["profile"] = {name: profile(step, device) for name, step in steps.items()}
     return row
+
+
+# The official side-by-side: a guided-diffusion UNet of the 64px-celeba64 shape (PDAE's argument names)
+OFFICIAL_DM = {
+    "input_channel": 3, "base_channel": 128, "channel_multiplier": [1, 2, 2, 2], "num_residual_blocks_of_a_block": 2,
+    "attention_resolutions": [4], "num_heads": 4, "head_channel": 64, "use_new_attention_order": False, "dropout": 0.0,
+}
+OFFICIAL_STEPS = ("official_ddpm", "official_diti", "diti_ddpm", "diti_diti")
+
+
+def official_modules(path: str) -> dict:
+    """The official UNet, ShiftUNet, CELEBA64Encoder and GaussianDiffusion, imported from the clone at ``path``."""
+    root = Path(path).expanduser().resolve()
+    if not (root / "model" / "unet" / "shift_unet.py").is_file():
+        raise SystemExit(f"--official {path}: not a clone of the official DiTi repository (no model/unet/shift_unet.py)")
+    sys.path.insert(0, str(root))  # its package `model` sits at the clone's root, as its own scripts expect
+    from model.diffusion.gaussian_diffusion import GaussianDiffusion
+    from model.representation.encoder.celeba64 import CELEBA64Encoder
+    from model.unet.shift_unet import ShiftUNet
+    from model.unet.unet import UNet
+
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {"UNet": UNet, "ShiftUNet": ShiftUNet, "Encoder": CELEBA64Encoder, "GaussianDiffusion": GaussianDiffusion,
+            "root": str(root), "commit": commit}
+
+
+def _official_step(loss_fn, params, autocast):
+    opt = torch.optim.Adam(params, lr=1e-4)
+
+    def step():
+        with autocast():
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def measure_official(args, path: str) -> dict:
+    """The four steps of the official side-by-side (module docstring), interleaved."""
+    from diti.models.convert import guided_to_unet2d
+
+    device = torch.device(args.device)
+    off = official_modules(path)
+    cfg: DiTiConfig = build_config(DiTiConfig, "celeba64-diti64")
+    partition = cfg.partition.build(1000)
+    torch.manual_seed(0)
+    unet = off["UNet"](**OFFICIAL_DM)
+    with torch.no_grad():  # every weight non-zero (the zero-initialised convs too), so every path computes
+        for p in unet.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    state = unet.state_dict()
+    converted = guided_to_unet2d(state, {"denoise_fn_config": {**OFFICIAL_DM, "image_size": 64}})
+
+    # the official pair
+    gd = off["GaussianDiffusion"]({"timesteps": 1000, "betas_type": "linear", "linear_beta_start": 1e-4,
+                                   "linear_beta_end": 0.02}, device)
+    off_unet = unet.to(device).train()
+    decoder = off["ShiftUNet"](**OFFICIAL_DM, latent_dim=cfg.partition.latent_dim)
+    decoder.load_state_dict(state, strict=False)  # the frozen half, as the official trainer loads the DM
+    decoder = decoder.to(device)
+    decoder.set_train_mode()
+    encoder = off["Encoder"](latent_dim=cfg.partition.latent_dim).to(device).train()
+    cum, prev, cur = (m.to(device) for m in partition.masks())
+    # diti's pair on the same DM weights
+    diti_ddpm = DDPMObjective(copy.deepcopy(converted), NoiseSchedule()).to(device).train()
+    enc = cfg.encoder
+    diti = DiTiModel(copy.deepcopy(converted), Encoder(64, cfg.partition.latent_dim, 3, enc.channels,
+                                                       enc.attn_resolutions, enc.norm_groups, enc.attn_heads),
+                     partition, NoiseSchedule(), cfg.partition.mode).to(device).train()
+
+    with torch.no_grad():
+        x = torch.randn(2, 3, 64, 64, device=device)
+        t = torch.tensor([10, 900], device=device)
+        eps_off, _ = decoder(x, t, torch.zeros(2, cfg.partition.latent_dim, device=device))
+        eps_diff = (eps_off - diti.dm(x, t).sample).abs().max().item()
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
+    x0 = torch.rand(args.batch, 3, 64, 64, device=device) * 2 - 1
+    mode = cfg.partition.mode
+    official_diti_params = [*encoder.parameters(), *decoder.label_emb.parameters(),
+                            *decoder.shift_middle_block.parameters(), *decoder.shift_output_blocks.parameters(),
+                            *decoder.shift_out.parameters()]
+    steps = {
+        "official_ddpm": _official_step(lambda: gd.regular_train_one_batch(off_unet, x0)["prediction_loss"],
+                                        list(off_unet.parameters()), autocast),
+        "official_diti": _official_step(lambda: gd.pdae_timestep_loss(encoder, decoder, x0, None, cum, cur, prev,
+                                                                       mode)[0], official_diti_params, autocast),
+        "diti_ddpm": make_step(diti_ddpm, list(diti_ddpm.parameters()), args.batch, 64, device, autocast),
+        "diti_diti": make_step(diti, diti.trainable_parameters(), args.batch, 64, device, autocast),
+    }
+    params = {"official_ddpm": off_unet.parameters(), "official_diti": official_diti_params,
+              "diti_ddpm": diti_ddpm.parameters(), "diti_diti": diti.trainable_parameters()}
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    times = {k: [] for k in steps}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            sync(device)
+            start = time.perf_counter()
+            step()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    row = {"size": "64px-celeba64-guided", "resolution": 64, "batch": args.batch, "device": args.device,
+           "precision": args.precision, "repeats": args.repeats, "threads": torch.get_num_threads(),
+           "partition_mode": mode, "official_path": off["root"], "official_commit": off["commit"],
+           "eps_max_abs_diff_official_vs_diti": eps_diff}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
+        row[name] = {"median_s": statistics.median(ts), "q1_s": q[0], "q3_s": q[2],
+                     "img_per_s": args.batch / statistics.median(ts), "flops": step_flops(steps[name]),
+                     "params_trainable_M": sum(p.numel() for p in params[name]) / 1e6}
+    for side in ("official", "diti"):
+        row[f"ratio_diti_over_ddpm_{side}"] = row[f"{side}_diti"]["median_s"] / row[f"{side}_ddpm"]["median_s"]
+        row[f"flop_ratio_diti_over_ddpm_{side}"] = row[f"{side}_diti"]["flops"] / row[f"{side}_ddpm"]["flops"]
+    row["ratio_diti_step_over_official_step"] = row["diti_diti"]["median_s"] / row["official_diti"]["median_s"]
+    return row
+
+
+def print_official(row: dict) -> None:
+    print(f"\nside by side with the official code ({row['official_path']} @ {str(row['official_commit'])[:10]}): "
+          f"{row['size']}, batch {row['batch']}, {row['device']}, {row['precision']}, {row['threads']} threads, "
+          f"{row['repeats']} interleaved repeats, partition mode {row['partition_mode']}")
+    print(f"{'step':<14} {'median s':>9} {'IQR s':>17} {'img/s':>8} {'GFLOP':>9} {'trainable M':>12}")
+    for name in OFFICIAL_STEPS:
+        r = row[name]
+        print(f"{name:<14} {r['median_s']:>9.4f} {r['q1_s']:>8.4f}-{r['q3_s']:<8.4f} {r['img_per_s']:>8.1f} "
+              f"{r['flops'] / 1e9:>9.1f} {r['params_trainable_M']:>12.2f}")
+    for side in ("official", "diti"):
+        print(f"{side}: DiTi / DDPM step time {row[f'ratio_diti_over_ddpm_{side}']:.3f}, "
+              f"FLOPs {row[f'flop_ratio_diti_over_ddpm_{side}']:.3f}")
+    print(f"diti DiTi step / official DiTi step: {row['ratio_diti_step_over_official_step']:.3f}; "
+          f"max |eps_official - eps_diti| = {row['eps_max_abs_diff_official_vs_diti']:.2e}")
 
 
 def profile(step, device) -> str:
@@ -198,12 +366,13 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table per variant")
     p.add_argument("--quick", action="store_true", help="16 px, batch 4, 2 repeats (format check)")
+    p.add_argument("--official", metavar="PATH", help="a clone of the official DiTi repository: add the side-by-side row")
     p.add_argument("--out", help="write the rows as JSON here")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.batch, args.repeats, args.warmup = "16px-quick", 4, 2, 1
     rows = []
-    for size in args.sizes.split(","):
+    for size in filter(None, args.sizes.split(",")):
         if size not in SIZES:
             p.error(f"unknown size {size!r}; choose from {list(SIZES)}")
         row = measure(args, size)
@@ -212,6 +381,10 @@ def main(argv=None) -> list[dict]:
                 row[name]["peak_rss_MiB"] = mib
         rows.append(row)
         print_row(row)
+    if args.official:
+        row = measure_official(args, args.official)
+        rows.append(row)
+        print_official(row)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"machine": machine(), "rows": rows}, f, indent=2)
@@ -227,7 +400,9 @@ def print_row(row: dict) -> None:
         mem = r.get("peak_mem_MiB", r.get("peak_rss_MiB"))
         print(f"{name:<6} {r['median_s']:>9.4f} {r['q1_s']:>8.4f}-{r['q3_s']:<8.4f} {r['img_per_s']:>8.1f} "
               f"{'' if mem is None else f'{mem:9.0f}'}")
-    print(f"DiTi / DDPM step time: {row['ratio_diti_over_ddpm']:.3f}")
+    print(f"DiTi / DDPM step time: {row['ratio_diti_over_ddpm']:.3f}; FLOPs per step "
+          f"{row['ddpm']['flops'] / 1e9:.2f} / {row['diti']['flops'] / 1e9:.2f} GFLOP, "
+          f"ratio {row['flop_ratio_diti_over_ddpm']:.3f}")
     for name, table in row.get("profile", {}).items():
         print(f"\nprofile of the {name} step (3 steps):\n{table}")
 

@@ -126,6 +126,8 @@ def test_counterfactuals_reuse_inversions_and_match_the_evaluation_code(model, p
     rec = model.reconstruct(a, steps=STEPS, output_type="pt")
     assert torch.equal(rec, reconstruct(model.model, a, STEPS))
     assert torch.equal(model.reconstruct(inversion=inv_a, steps=STEPS, output_type="pt"), rec)
+    clipped = model.reconstruct(inversion=inv_a, steps=STEPS, output_type="pt", clip_x0=True)
+    assert torch.equal(clipped, reconstruct(model.model, a, STEPS, clip_x0=True)) and clipped.abs().max() <= 1
     mask = model.select_dims(chunks=[2, 3])
     grid = counterfactual_grid(model.model, a, b, mask, alphas=(0.0, 0.5), num_steps=STEPS)
     half = model.counterfactual(a, b, chunks=[2, 3], alpha=0.5, mode="interpolate", steps=STEPS, output_type="pt")

@@ -4,6 +4,8 @@ import json
 import runpy
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -18,6 +20,10 @@ def test_train_step_quick(tmp_path, capsys):
     for name in ("ddpm", "diti"):
         assert row[name]["median_s"] > 0 and row[name]["q1_s"] <= row[name]["q3_s"]
     assert row["ratio_diti_over_ddpm"] == row["diti"]["median_s"] / row["ddpm"]["median_s"]
+    # FLOPs of one step each (forward + backward): DiTi adds the encoder and the decoder's copy to DDPM's work
+    assert row["diti"]["flops"] > 0 and row["ddpm"]["flops"] > 0
+    assert row["flop_ratio_diti_over_ddpm"] == row["diti"]["flops"] / row["ddpm"]["flops"]
+    assert "FLOPs per step" in out
 
 
 def test_encode_quick(tmp_path, capsys):
@@ -41,6 +47,169 @@ def test_quality_quick(tmp_path, capsys):
     assert saved["machine"]["torch"] and saved["command"].startswith("python benchmarks/quality.py")
     assert (tmp_path / "quality.md").read_text().startswith("Mean ± std over seeds [0]")
 
+
+def test_curves_quick(tmp_path, capsys):
+    main = runpy.run_path(str(BENCH / "curves.py"))["main"]
+    out = main(["--quick", "--variants", "pdae,diti-k8-sg,pixel-pca", "--out", str(tmp_path)])
+    text = capsys.readouterr().out
+    assert "### At the last point" in text and "| diti-k8-sg |" in text and "| pixel-pca |" in text
+    results = tmp_path / "results"
+    files = sorted(p.relative_to(results).as_posix() for p in results.glob("*/seed*/step*.json"))
+    assert files == ["diti-k8-sg/seed0/step000002.json", "diti-k8-sg/seed0/step000004.json",
+                     "pdae/seed0/step000002.json", "pdae/seed0/step000004.json", "pixel-pca/seed0/step000000.json"]
+    first, last = (json.loads((results / f"pdae/seed0/step00000{s}.json").read_text()) for s in (2, 4))
+    # MIG, FactorVAE and the probe at every point; DCI (and its chunk level) only at the last point in quick mode
+    assert set(first["metrics"]) == {"probe_mean", "mig", "factor_vae"} and first["dci"] is None
+    assert {"dci_d", "dci_c", "dci_i", "chunk_d", "chunk_c"} <= set(last["metrics"])
+    assert last["images"] == 4 * 16 and last["train_seconds"] >= first["train_seconds"] > 0
+    assert last["protocol"]["name"] == "fast" and len(last["probe"]) == 8  # shapes version 2: 8 factors
+    # PDAE's chunk-level metrics use the DiTi variant's chunks
+    assert last["chunk_level"]["source"] == "chunks of the reference partition"
+    assert len(last["chunk_level"]["chunk_importance"]) == 4
+    assert {Path(f).name for f in out["figures"]} >= {"probe_mean.png", "dci_d.png", "chunk_d.png",
+                                                      "probe_per_factor.png"}
+    # a second call reuses every finished point
+    again = main(["--quick", "--variants", "pdae", "--out", str(tmp_path)])
+    assert len(again["table"]["pdae"][4]) == 1
+
+
+def test_dm_check_quick(tmp_path, capsys):
+    main = runpy.run_path(str(BENCH / "dm_check.py"))["main"]
+    result = main(["--quick", "--out", str(tmp_path / "r.json")])
+    assert "DDIM steps: MSE" in capsys.readouterr().out
+    assert result["images"] == 4 and result["mse"] > 0 and len(result["sha256"]) == 64
+    assert json.loads((tmp_path / "r.json").read_text())["psnr_db"] == result["psnr_db"]
+def _children(pid: int) -> set[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process trees from /proc")
+def test_quality_workers_end_when_the_parent_gets_sigterm(tmp_path, random_dm):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(BENCH.parent / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH / "quality.py"), "--quick", "--jobs", "2", "--variants", "pdae,diti-k4-sg",
+         "--dm", str(random_dm), "--out", str(tmp_path / "q")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline, workers = time.time() + 120, set()
+    while time.time() < deadline and proc.poll() is None:
+        workers = {c for c in _children(proc.pid)
+                   if b"multiprocessing" in Path(f"/proc/{c}/cmdline").read_bytes()} if _alive(proc.pid) else set()
+        if len(workers) >= 2:
+            break
+        time.sleep(0.1)
+    assert len(workers) >= 2, "the pool never started"
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(30)
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    left = [w for w in workers if _alive(w)]
+    for w in left:  # do not leave them running if the test fails
+        os.kill(w, signal.SIGKILL)
+    assert not left, "pool workers outlived the SIGTERM'd parent"
+    assert code == 128 + signal.SIGTERM
+
+
+def test_data_loading_quick(tmp_path, capsys):
+    main = runpy.run_path(str(BENCH / "data_loading.py"))["main"]
+    result = main(["--quick", "--out", str(tmp_path / "d.json")])
+    assert "img/s per worker" in capsys.readouterr().out
+    assert set(result["rows"]) == {"jpeg-folder", "lmdb"}
+    for rows in result["rows"].values():
+        assert [r["workers"] for r in rows] == [0, 1] and all(r["img_per_s"] > 0 for r in rows)
+    assert json.loads((tmp_path / "d.json").read_text())["batch"] == 16
+
+
+def test_gpu_check_quick_writes_every_documented_field(tmp_path, capsys):
+    main = runpy.run_path(str(BENCH / "gpu_check.py"))["main"]
+    result = main(["--quick", "--out", str(tmp_path / "g.json")])
+    assert json.loads((tmp_path / "g.json").read_text()) == json.loads(json.dumps(result))
+    assert result["errors"] == [] and result["mode"] == "quick" and "gpu_check (quick)" in capsys.readouterr().out
+    assert {"device", "torch", "diffusers", "accelerate", "cpu_cores", "tf32_matmul"} <= set(result["machine"])
+    variants = result["steps"]["variants"]
+    assert list(variants) == ["fp32", "bf16", "bf16+channels_last", "fp32+channels_last", "bf16+compile"]
+    assert "skipped" in variants["bf16+compile"]
+    for name in ("fp32", "bf16", "bf16+channels_last", "fp32+channels_last"):
+        for model in ("ddpm", "diti"):
+            row = variants[name][model]
+            assert row["q1_s"] <= row["median_s"] <= row["q3_s"] and row["img_per_s"] > 0
+            assert row["first_step_s"] > 0 and row["loss_fixed_batch"] > 0
+        assert variants[name]["ratio_diti_over_ddpm"] > 0
+    # every variant's first step is on the same weights and batch: fp32 and channels_last agree closely
+    for model in ("ddpm", "diti"):
+        fp32 = variants["fp32"][model]["loss_fixed_batch"]
+        assert abs(variants["fp32+channels_last"][model]["loss_fixed_batch"] - fp32) < 1e-4 * fp32
+        prec = result["precision"][model]
+        assert prec["fp32_loss"] == fp32 and prec["bf16"]["abs_diff"] == abs(prec["bf16"]["loss"] - fp32)
+    assert [r["workers"] for r in result["data_loader"]["rows"]] == [0, 1]
+    run = result["training_run"]
+    assert run["ok"] and all(run["checks"].values()) and run["checkpoints"][-1] == "step-00000004"
+    assert run["histogram_count"] == 4 * run["batch"] and run["logged_steps"] == [1, 2, 3, 4]
+    assert {"elapsed_s", "budget_s", "command", "date"} <= set(result)
+
+
+def test_gpu_check_skips_what_the_budget_does_not_allow(tmp_path):
+    import time
+
+    script = runpy.run_path(str(BENCH / "gpu_check.py"))
+    result = script["main"](["--quick", "--budget-s", "0", "--out", str(tmp_path / "g.json")])
+    assert all("skipped" in v for v in result["steps"]["variants"].values()) and len(result["steps"]["variants"]) == 5
+    assert "skipped" in result["data_loader"] and "skipped" in result["training_run"]
+    assert result["errors"] == []
+    # a section running past the budget is cut where it is (a long torch.compile included)
+    start = time.perf_counter()
+    with pytest.raises(script["BudgetExceeded"]):
+        with script["_deadline"](0.2):
+            time.sleep(5)
+    assert time.perf_counter() - start < 2
+
+
+def test_curves_reach_interpolates_in_log_images():
+    reach = runpy.run_path(str(BENCH / "curves.py"))["reach"]
+
+    def point(step, value, seconds):
+        return {"seed": 0, "step": step, "images": step * 64, "train_seconds": seconds,
+                "metrics": {"probe_mean": value}}
+
+    steps = {250: [point(250, 0.6, 100.0)], 500: [point(500, 0.7, 200.0)], 1000: [point(1000, 0.8, 400.0)]}
+    images, seconds = reach(steps, 0, 0.75)  # halfway from 500 to 1000 steps in log(images)
+    assert abs(images - 64 * (500 * 1000) ** 0.5) < 1e-6 and abs(seconds - 300.0) < 1e-9
+    assert reach(steps, 0, 0.5) == (250 * 64, 100.0)  # reached at the first point
+    assert reach(steps, 0, 0.9) is None and reach(steps, 1, 0.5) is None
+
+
+def test_draws_cost_quick(tmp_path, capsys):
+    main = runpy.run_path(str(BENCH / "draws_cost.py"))["main"]
+    result = main(["--quick", "--out", str(tmp_path / "r.json")])
+    assert "ms/draw" in capsys.readouterr().out
+    assert [r["draws"] for r in result["rows"]] == [1, 2] and result["rows"][0]["vs_first"] == 1.0
+    assert json.loads((tmp_path / "r.json").read_text())["rows"][1]["median_s"] > 0
 
 def test_explore_quick(tmp_path, capsys):
     main = runpy.run_path(str(BENCH / "explore.py"))["main"]

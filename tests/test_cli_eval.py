@@ -28,12 +28,40 @@ def test_probe_from_run_and_from_files(tiny_run, shapes16, tmp_path):
 
 
 def test_disentangle(tiny_run, shapes16):
-    out = invoke("disentangle", tiny_run, "--data", shapes16, "--max-train", 100)
-    assert "DCI disentanglement" in out and "MIG" in out and "FactorVAE" in out
+    out = invoke("disentangle", tiny_run, "--data", shapes16, "--max-train", 100, "--jobs", 1)
+    assert "DCI disentanglement" in out and "MIG" in out and "FactorVAE" in out and "chunk level" in out
     result = json.loads((tiny_run / "eval" / "disentangle.json").read_text())
+    assert result["protocol"]["name"] == "custom" and result["protocol"]["dci_train_rows"] == 100
     shares = result["alignment"]["chunk_importance_share"]
     assert len(shares) == 4 and all(abs(sum(col) - 1) < 1e-6 for col in zip(*shares, strict=True))
+    chunk = result["chunk_level"]
+    assert chunk["source"] == "the partition's chunks" and len(chunk["chunk_importance"]) == 4
+    assert 0 <= chunk["disentanglement"] <= result["dci"]["disentanglement"] + 1e-9
     assert (tiny_run / "eval" / "alignment.png").is_file()
+
+
+def test_disentangle_from_saved_features(tiny_run, shapes16, tmp_path):
+    invoke("encode", tiny_run, "--data", shapes16, "--split", "train", "--out", tmp_path / "train.npy")
+    invoke("encode", tiny_run, "--data", shapes16, "--split", "test", "--out", tmp_path / "test.npy")
+    out = invoke("disentangle", "--features", tmp_path / "train.npy", "--test-features", tmp_path / "test.npy",
+                 "--protocol", "fast", "--partition", tiny_run, "--out", tmp_path / "eval", "--jobs", 1)
+    assert "protocol fast" in out
+    saved = json.loads((tmp_path / "eval" / "disentangle.json").read_text())
+    from_run = json.loads((tiny_run / "eval" / "disentangle.json").read_text())
+    assert saved["protocol"]["name"] == "fast" and saved["chunk_level"]["chunk_dim_ranges"] == \
+        from_run["chunk_level"]["chunk_dim_ranges"]
+    # the same codes without a partition: one chunk (k = 1), grouped like the run given as reference
+    invoke("disentangle", "--features", tmp_path / "train.npy", "--test-features", tmp_path / "test.npy",
+           "--protocol", "fast", "--reference", tiny_run, "--out", tmp_path / "ref", "--jobs", 1)
+    ref = json.loads((tmp_path / "ref" / "disentangle.json").read_text())
+    assert ref["chunk_level"]["source"] == "chunks of the reference partition"
+    assert ref["chunk_level"]["chunk_dim_ranges"] == saved["chunk_level"]["chunk_dim_ranges"]
+    assert ref["chunk_level"]["chunk_importance"] == saved["chunk_level"]["chunk_importance"]
+    bad = runner.invoke(app, ["disentangle", "--features", str(tmp_path / "train.npy"), "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "--test-features" in bad.output
+    bad = runner.invoke(app, ["disentangle", "--features", str(tmp_path / "train.npy"), "--test-features",
+                              str(tmp_path / "test.npy"), "--out", str(tmp_path), "--protocol", "quick"])
+    assert bad.exit_code == 2 and "unknown disentanglement protocol" in bad.output
 
 
 def test_counterfactual_and_manipulate(tiny_run, shapes16, tmp_path):
@@ -43,9 +71,16 @@ def test_counterfactual_and_manipulate(tiny_run, shapes16, tmp_path):
     invoke("counterfactual", tiny_run, "--data", shapes16, "--steps", 5, "--a", 0, "--b", 1, "--stages", 0,
            "--mode", "swap", "--x-t", "slerp", "--out", tmp_path / "swap.png")
     assert (tmp_path / "swap.png").is_file()
+    invoke("counterfactual", tiny_run, "--data", shapes16, "--steps", 5, "--a", 0, "--b", 1, "--stages", 0,
+           "--clip-x0", "--out", tmp_path / "clipped.png")
+    assert (tmp_path / "clipped.png").is_file()
     out = invoke("manipulate", tiny_run, "--data", shapes16, "--attribute", "shape", "--target-class", 1,
                  "--d-prime", 4, "--steps", 5, "--images", "0,1")
     assert "ProbMask on 4 dims" in out and (tiny_run / "eval" / "manipulate-shape.png").is_file()
+    assert json.loads((tiny_run / "eval" / "manipulate-shape.json").read_text())["decoding"]["clip_x0"] is False
+    invoke("manipulate", tiny_run, "--data", shapes16, "--attribute", "shape", "--target-class", 1,
+           "--d-prime", 4, "--steps", 5, "--images", "0", "--clip-x0", "--out", tmp_path / "m.png")
+    assert json.loads((tmp_path / "m.json").read_text())["decoding"] == {"ddim_steps": 5, "clip_x0": True}
 
 
 def test_fidelity(tiny_run, shapes16):

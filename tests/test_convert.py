@@ -16,6 +16,7 @@ import yaml
 from diffusers import UNet2DModel
 
 from diti.models.convert import convert_guided_dm
+from diti.models.dm import load_dm
 from reference_guided_unet import UNetModel
 
 TOL = 1e-5
@@ -85,7 +86,7 @@ def write_dm(folder: Path, model: torch.nn.Module, config: dict, wrap: str | Non
 
 
 def assert_same_outputs(reference: torch.nn.Module, out: Path, channels: int | None = None) -> float:
-    unet = UNet2DModel.from_pretrained(out).eval()
+    unet = load_dm(out)  # diti's loader: restores per-layer attention heads (attention_heads.json)
     torch.manual_seed(1)
     x = torch.randn(len(T_STEPS), 3, 16, 16)
     with torch.no_grad():
@@ -213,7 +214,6 @@ def test_refuses_pickled_code(pdae_dm, tmp_path):
         pytest.param(_pdae_with(dims=3), "dims", id="3d"),
         pytest.param(_pdae_with(latent_dim=512), "latent_dim", id="unknown-key"),
         pytest.param(_pdae_with(channel_multiplier=[2, 4]), "channel_multiplier", id="first-mult"),
-        pytest.param(_pdae_with(attention_resolutions=[1, 2]), "num_heads", id="head-width-differs"),
         pytest.param(_pdae_with(base_channel=_DROP, model_channels=32, num_res_blocks=2), "num_res",
                      id="both-names"),
         pytest.param(_guided(use_scale_shift_norm=_DROP), "use_scale_shift_norm", id="guided-norm-flag"),
@@ -277,3 +277,39 @@ def test_convert_dm_cli(pdae_dm, tmp_path):
     load_dm(tmp_path / "dm", NoiseSchedule())
     bad = CliRunner().invoke(app, ["convert-dm", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def test_fixed_head_count_over_levels_of_different_width(tmp_path):
+    """guided-diffusion's num_heads=2 at 32 and 64 channels: head widths 16 and 32, which one
+    attention_head_dim cannot say. The converted folder records each layer's heads and loading restores them."""
+    from diti.diffusion.schedule import NoiseSchedule
+    from diti.models.dm import save_dm
+    from diti.models.shift_decoder import ShiftDecoder
+
+    config = _pdae_with(attention_resolutions=[1, 2])
+    model = build_reference(4, **{**PDAE_REFERENCE, "attention_resolutions": (1, 2)})
+    out = convert_guided_dm(write_dm(tmp_path / "src", model, config), None, tmp_path / "dm")
+    heads = json.loads((out / "attention_heads.json").read_text())
+    assert heads == {"down_blocks.0.attentions.0": 2, "down_blocks.0.attentions.1": 2,
+                     "down_blocks.1.attentions.0": 2, "down_blocks.1.attentions.1": 2,
+                     "mid_block.attentions.0": 2, **{f"up_blocks.{k}.attentions.{i}": 2
+                                                     for k in (0, 1) for i in range(3)}}
+    assert_same_outputs(model, out)
+    # without the heads file the same weights compute something else: the file is what makes it right
+    plain = UNet2DModel.from_pretrained(out).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert (plain(x, T_STEPS[:2]).sample - model(x, T_STEPS[:2])).abs().max() > 1e-3
+    # the heads survive save_dm -> load_dm, and the shift decoder's copy keeps them
+    dm = load_dm(save_dm(load_dm(out), tmp_path / "resaved", NoiseSchedule()), NoiseSchedule())
+    assert dm.get_submodule("down_blocks.0.attentions.0").heads == 2
+    assert_same_outputs(model, tmp_path / "resaved" / "unet")
+    dec = ShiftDecoder(dm, latent_dim=8, init="dm_copy")
+    assert dec.mid_block.attentions[0].heads == 2 and dec.up_blocks[1].attentions[0].heads == 2
+    with torch.no_grad():
+        eps, _ = dec(x, T_STEPS[:2], torch.randn(2, 8))
+        torch.testing.assert_close(eps, model(x, T_STEPS[:2]), atol=1e-5, rtol=0)
+    # a heads file that does not fit the model is refused, naming the layer
+    (out / "attention_heads.json").write_text(json.dumps({"down_blocks.0.attentions.0": 5}))
+    with pytest.raises(ValueError, match=r"down_blocks.0.attentions.0.*32 channels.*5 heads"):
+        load_dm(out)

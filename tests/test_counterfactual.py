@@ -239,3 +239,16 @@ def test_fidelity_matrices_and_figure(tmp_path, staged, shapes16):
     assert d["factor_names"] == names and len(d["takes_source"]) == 3
     assert "takes source" in res.format_table()
     assert plot_fidelity(res, tmp_path / "fidelity.png").stat().st_size > 1000
+
+
+def test_clip_x0_clips_decoding_only(staged, images):
+    """clip_x0: the same inversions; decoded images inside [-1, 1] (test_ddim checks the step's definition)."""
+    x_a, x_b = images[:2], images[2:]
+    mask = select_dims(staged.partition, stages=[1])
+    plain = counterfactual_grid(staged, x_a, x_b, mask, alphas=(0.0, 1.0), num_steps=STEPS)
+    clipped = counterfactual_grid(staged, x_a, x_b, mask, alphas=(0.0, 1.0), num_steps=STEPS, clip_x0=True)
+    for key in ("z_a", "z_b", "x_T_a", "x_T_b"):  # inversion never clips
+        assert torch.equal(plain[key], clipped[key])
+    assert clipped["images"].abs().max() <= 1.0
+    assert torch.equal(clipped["reconstruction"], reconstruct(staged, x_a, STEPS, clip_x0=True))
+    assert plain["images"].abs().max() > 1  # this random model decodes far outside [-1, 1] unclipped

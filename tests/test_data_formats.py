@@ -27,7 +27,7 @@ from diti.data import (
     open_dataset,
 )
 from diti.data import datasets as datasets_module
-from diti.data.formats import CELEBA_BOX, lfw_split
+from diti.data.formats import CELEBA_BOX, lfw_splits
 
 CELEBA_NAMES = (
     "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair "
@@ -198,7 +198,7 @@ def test_lmdb_indexed_keys(tmp_path, prefix, width, first):
     records = {f"{prefix}-{str(i + first).zfill(width)}".encode(): _encode(_solid(i)) for i in range(n)}
     _write_lmdb(tmp_path / "set.lmdb", {**records, b"length": str(n).encode()})
     assert detect_format(tmp_path / "set.lmdb") == "lmdb"
-    ds = open_dataset(tmp_path / "set.lmdb", "test", 16)  # no partition file: any split is the whole set
+    ds = open_dataset(tmp_path / "set.lmdb", "train", 16)  # no partition file: train is the whole set
     assert isinstance(ds, LMDBDataset) and len(ds) == n and ds.key_style == "indexed"
     assert ds.key(3) == f"{prefix}-{str(3 + first).zfill(width)}".encode() and ds.attributes is None
     u8 = ds.images([0, 8, 3])
@@ -255,7 +255,11 @@ def test_celeba_lmdb_attributes_splits_and_crop(tmp_path):
     (tmp_path / "celeba_anno").mkdir()
     for name in ("list_attr_celeba.txt", "list_eval_partition.txt"):
         (tmp_path / "celeba.lmdb" / name).rename(tmp_path / "celeba_anno" / name)
-    assert len(open_dataset(tmp_path / "celeba.lmdb", "valid", 16)) == 12  # no side files: the whole set
+    # no side files: 'train' is every record and the other splits are refused (they would be the same images)
+    assert len(open_dataset(tmp_path / "celeba.lmdb", "train", 16)) == 12
+    for split in ("valid", "test"):
+        with pytest.raises(ValueError, match=rf"no list_eval_partition.txt .*only split is 'train'.*no '{split}'"):
+            open_dataset(tmp_path / "celeba.lmdb", split, 16)
     valid = open_dataset(
         tmp_path / "celeba.lmdb", "valid", 16, attributes=tmp_path / "celeba_anno" / "list_attr_celeba.txt"
     )
@@ -337,9 +341,14 @@ def test_lfw_person_splits_and_regression_attributes(lfw_root, caplog):
         or people["train"] & people["test"]
         or people["valid"] & people["test"]
     )
-    assert len(people["train"]) > len(people["test"]) > 0
+    # exact fractions of the people of the table (31 people + the ghost row's = 32): 22 / 4 / 6
+    split_of = lfw_splits([p for p, _ in rows])
+    counts = {s: sum(v == s for v in split_of.values()) for s in ("train", "valid", "test")}
+    assert counts == {"train": round(0.7 * 32), "valid": round(0.8 * 32) - round(0.7 * 32), "test": 32 - 26}
     for s, folks in people.items():
-        assert all(lfw_split(p.replace("_", " ")) == s for p in folks)
+        assert all(split_of[p.replace("_", " ")] == s for p in folks)
+    assert lfw_splits(reversed([p for p, _ in rows])) == split_of  # order-free; seeded
+    assert lfw_splits([p for p, _ in rows], seed=1) != split_of
     row_of = {f"{p.replace(' ', '_')}/{p.replace(' ', '_')}_{n:04d}.jpg": r for r, (p, n) in enumerate(rows)}
     train = splits["train"]
     assert train.attributes.names == LFW_NAMES and train.attributes.classes == [None] * 73

@@ -42,3 +42,46 @@ def test_inversion_then_decoding_reconstructs(trained_dm, shapes16):
     # decoding a different latent gives a different image: the round trip is not trivially the identity
     other = ddim_sample(eps, s, torch.roll(x_T, 1, dims=0), 50)
     assert (other - x0).pow(2).mean().item() > 10 * mse
+
+
+def _oracle(schedule, x0):
+    """eps_fn whose predicted x_0 is ``x0`` at every point: eps = (x - sqrt(abar_t) x0) / sqrt(1 - abar_t)."""
+
+    def eps(x, t):
+        abar = schedule.abar[t].view(-1, 1, 1, 1)
+        return (x - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+    return eps
+
+
+def test_clipped_decoding_equals_the_plain_one_where_x0_is_in_range():
+    s = NoiseSchedule()
+    torch.manual_seed(0)
+    x0 = torch.rand(2, 3, 8, 8) * 1.8 - 0.9  # |x0| <= 0.9 everywhere
+    x_T = torch.randn(2, 3, 8, 8)
+    plain = ddim_sample(_oracle(s, x0), s, x_T, 20)
+    clipped = ddim_sample(_oracle(s, x0), s, x_T, 20, clip_x0=True)
+    torch.testing.assert_close(clipped, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(plain, x0, atol=1e-4, rtol=0)
+    # out of range: the plain decoder follows the prediction outside [-1, 1], the clipped one stops at the edge
+    big = x0.clone()
+    big[:, 0] = 1.5
+    plain = ddim_sample(_oracle(s, big), s, x_T, 20)
+    clipped = ddim_sample(_oracle(s, big), s, x_T, 20, clip_x0=True)
+    assert plain[:, 0].min() > 1.4 and torch.equal(clipped[:, 0], torch.ones_like(clipped[:, 0]))
+    torch.testing.assert_close(clipped[:, 1:], plain[:, 1:], atol=1e-5, rtol=0)
+
+
+def test_one_clipped_step_changes_only_the_out_of_range_pixels():
+    from diti.diffusion.ddim import _step
+
+    torch.manual_seed(1)
+    abar_from, abar_to = 0.3, 0.6
+    x0 = torch.randn(4, 3, 8, 8)  # about a third of the pixels outside [-1, 1]
+    eps = torch.randn_like(x0)
+    x = abar_from**0.5 * x0 + (1 - abar_from) ** 0.5 * eps
+    plain, clipped = _step(x, eps, abar_from, abar_to), _step(x, eps, abar_from, abar_to, clip_x0=True)
+    inside = x0.abs() <= 1
+    assert 0.1 < (~inside).float().mean() < 0.6
+    torch.testing.assert_close(clipped[inside], plain[inside], atol=1e-5, rtol=0)
+    assert (clipped[~inside] - plain[~inside]).abs().min() > 0

@@ -16,11 +16,14 @@ import pytest
 import scipy.stats
 
 from diti.evaluation.disentanglement import (
+    PROTOCOLS,
     alignment,
     completeness_from_importance,
     dci,
     disentanglement_from_importance,
     factor_vae_score,
+    group_importance,
+    grouped_dci,
     histogram_discretize,
     mig,
 )
@@ -281,3 +284,99 @@ def test_alignment_validation():
         alignment(-imp, [(0, 6)])
     with pytest.raises(ValueError, match="2-D"):
         alignment(np.ones(6), [(0, 6)])
+
+
+# --- protocol ----------------------------------------------------------------------------------------------------
+
+
+def test_reference_protocol_is_disentanglement_libs():
+    ref = PROTOCOLS["reference"]
+    assert (ref.dci_max_train, ref.dci_max_test, ref.mig_max_rows) == (10_000, 5_000, 10_000)
+    assert (ref.factor_vae_train_votes, ref.factor_vae_eval_votes, ref.factor_vae_variance_rows,
+            ref.factor_vae_batch) == (10_000, 5_000, 10_000, 64)
+    import inspect
+
+    defaults = inspect.signature(factor_vae_score).parameters
+    assert (defaults["num_train_votes"].default, defaults["num_eval_votes"].default,
+            defaults["num_variance_rows"].default) == (10_000, 5_000, 10_000)
+
+
+def test_dci_parallel_fits_equal_serial_fits(data):
+    ftr, fte = data["factors"]
+    ctr, cte = data["rotated"]
+    serial = dci(ctr, ftr, cte, fte, seed=2, n_jobs=1)
+    parallel = dci(ctr, ftr, cte, fte, seed=2, n_jobs=2)
+    assert np.array_equal(serial.importance, parallel.importance)
+    assert serial.per_factor_test == parallel.per_factor_test and serial.num_train == N_TRAIN
+    small = dci(ctr, ftr, cte, fte, max_train=100, max_test=50)
+    assert (small.num_train, small.num_test) == (100, 50)
+
+
+# --- chunk level -------------------------------------------------------------------------------------------------
+
+
+def chunked_code(factors: np.ndarray, dims_per_chunk: int, seed: int) -> np.ndarray:
+    """Chunk j holds factor j alone, spread over its dims by a random rotation (no dim is one factor's own)."""
+    rng = np.random.default_rng(seed)
+    chunks = []
+    for j in range(factors.shape[1]):
+        one_hot = np.eye(CARDINALITIES[j])[factors[:, j]][:, :dims_per_chunk]  # (n, dims) a code of factor j
+        mix = np.linalg.qr(np.random.default_rng(100 + j).normal(size=(dims_per_chunk, dims_per_chunk)))[0]
+        chunks.append(one_hot @ mix + 0.05 * rng.normal(size=(len(factors), dims_per_chunk)))
+    return np.concatenate(chunks, axis=1)  # (n, 3 * dims_per_chunk)
+
+
+def test_chunk_level_dci_on_a_code_with_one_factor_per_chunk(data):
+    ftr, fte = data["factors"]
+    ctr, cte = chunked_code(ftr, 4, 0), chunked_code(fte, 4, 1)
+    result = dci(ctr, ftr, cte, fte)
+    chunks = [(0, 4), (4, 8), (8, 12)]
+    chunk = grouped_dci(result.importance, chunks)
+    assert result.informativeness_test > 0.95
+    # each factor is spread over the 4 dims of its chunk: per-dim completeness is low, chunk-level high
+    assert chunk["completeness"] > 0.9 and result.completeness < 0.6
+    assert chunk["disentanglement"] > 0.9
+    # on other groups (straddling the chunks) the same code is far less disentangled
+    shifted = grouped_dci(result.importance, [(0, 2), (2, 6), (6, 10), (10, 12)])
+    assert shifted["disentanglement"] < chunk["disentanglement"] - 0.3
+    share = alignment(result.importance, chunks)
+    assert np.all(np.diag(share) > 0.9)
+
+
+def test_group_level_disentanglement_never_exceeds_per_dim(data):
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        r = rng.random((12, 4)) * (rng.random((12, 4)) < 0.5)
+        cuts = np.sort(rng.choice(np.arange(1, 12), size=3, replace=False))
+        bounds = [0, *cuts.tolist(), 12]
+        groups = list(zip(bounds[:-1], bounds[1:], strict=True))
+        assert grouped_dci(r, groups)["disentanglement"] <= disentanglement_from_importance(r) + 1e-12
+    # one group per dim is the per-dim score; one group has no completeness
+    r = rng.random((6, 3))
+    per_dim = grouped_dci(r, [(i, i + 1) for i in range(6)])
+    assert per_dim["disentanglement"] == pytest.approx(disentanglement_from_importance(r))
+    assert per_dim["completeness"] == pytest.approx(completeness_from_importance(r))
+    assert grouped_dci(r, [(0, 6)])["completeness"] is None
+    assert group_importance(r, [(3, 6), (0, 3)]).tolist() == [r[3:].sum(0).tolist(), r[:3].sum(0).tolist()]
+
+
+def test_disentangle_features_defaults_to_the_reference_protocol_on_training_codes(data):
+    from diti.data import Attributes
+    from diti.evaluation.runs import disentangle_features
+    from diti.partition import Partition
+
+    ftr, fte = data["factors"]
+    names = ["a", "b", "c"]
+    # perfect training codes, random test codes: MIG and FactorVAE read the training codes, DCI's
+    # informativeness the test codes
+    train = (data["perfect"][0], Attributes(names, ftr))
+    test = (data["random"][1], Attributes(names, fte))
+    result = disentangle_features(train, test, Partition(5, 1, 1000), progress=False, n_jobs=1)
+    proto = result["protocol"]
+    assert proto["name"] == "reference" and proto["mig_split"] == "train" and proto["factor_vae_split"] == "train"
+    assert (proto["factor_vae_train_votes"], proto["factor_vae_eval_votes"]) == (10_000, 5_000)
+    assert (proto["dci_train_rows"], proto["dci_test_rows"], proto["mig_rows"]) == (N_TRAIN, N_TEST, N_TRAIN)
+    assert result["mig"]["mig"] > 0.9 and result["factor_vae"]["eval_accuracy"] > 0.95
+    assert result["dci"]["informativeness_test"] < 0.4
+    chunk = result["chunk_level"]
+    assert chunk["source"].startswith("equal slices") and len(chunk["chunk_labels"]) == 5

@@ -3,8 +3,8 @@ import torch
 
 from diti.partition import Partition, official_celeba_partition
 
-# PAPER.md: "Its 64 end dims are: 2,4,6,10, 18,26,35, 60,85,...,335 (step 25),362, 370,378,...,450 (step 8),462,
-# 463,464,...,493, 512" -- written out here by hand from that description.
+# docs/method.md ("The partition") lists the 64 end dims: 2,4,6,10, 18,26,35, 60,85,...,335 (step 25),362,
+# 370,378,...,450 (step 8),462, 463,464,...,493, 512 -- written out here by hand from that description.
 OFFICIAL_END_DIMS = (
     [2, 4, 6, 10]
     + [18, 26, 35]
@@ -132,3 +132,56 @@ def test_timestep_sampling_distributions():
     assert all(abs(chunk[a : b + 1].sum().item() - 1 / 64) < 1e-12 for a, b in p.chunk_t_ranges)
     with pytest.raises(ValueError, match="unknown timestep sampling"):
         p.timestep_probs("early")
+
+
+# --- stages from attribute-loss crossings ---------------------------------------------------------------------
+
+
+def test_partition_from_crossings_hand_computed():
+    from diti.partition import partition_from_crossings
+
+    crossings = {"grain": 96.0, "texture": 176.4, "color": 297.0, "shape": 487.5, "scale": 486.0,
+                 "x": 570.2, "y": 563.0, "background": 671.0, "never": None}
+    part, groups = partition_from_crossings(crossings, latent_dim=32, k=8)
+    # chunks of 125 t: grain in chunk 0, texture 1, color 2, shape and scale 3, x and y 4, background 5
+    assert groups == [["grain"], ["texture"], ["color"], ["shape", "scale"], ["x", "y"], ["background", "never"]]
+    assert part.stages == (125, 250, 375, 500, 625, 1000)
+    # 9 factors over 32 dims: shares 3.56, 3.56, 3.56, 7.11, 7.11, 7.11 -> 3,3,3,7,7,7, and the 2 dims left go
+    # to the largest remainders (0.56, ties to the earlier stages)
+    assert part.dims_per_stage == (4, 4, 3, 7, 7, 7)
+    # with 100-t chunks the first stage also takes the chunks before its factor's chunk
+    part, groups = partition_from_crossings({"a": 250.0, "b": 420.0}, latent_dim=6, k=10)
+    assert part.stages == (400, 1000) and part.dims_per_stage == (3, 3) and groups == [["a"], ["b"]]
+    assert part.stage_of_chunk[:5] == [0, 0, 0, 0, 1]
+
+
+def test_partition_from_crossings_errors():
+    from diti.partition import partition_from_crossings
+
+    with pytest.raises(ValueError, match="no factor reaches"):
+        partition_from_crossings({"a": None}, 8, 4)
+    with pytest.raises(ValueError, match="outside"):
+        partition_from_crossings({"a": 1200.0}, 8, 4)
+    with pytest.raises(ValueError, match="smaller than the 3 stages"):
+        partition_from_crossings({"a": 10.0, "b": 400.0, "c": 900.0}, 2, 4)
+
+
+def test_partition_command_from_attribute_loss(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from diti.cli.main import app
+
+    path = tmp_path / "attribute_loss.json"
+    path.write_text(json.dumps({"crossing_t": {"a": 100, "b": 500}, "crossing_t_interp": {"a": 96.0, "b": 480.5}}))
+    result = CliRunner().invoke(app, ["partition", "--from-attribute-loss", str(path), "--latent-dim", "8",
+                                      "--k", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["stages"] == [250, 1000] and out["dims_per_stage"] == [4, 4] and out["stage_factors"] == [["a"], ["b"]]
+    result = CliRunner().invoke(app, ["partition", "--from-attribute-loss", str(path), "--latent-dim", "8",
+                                      "--k", "4"])
+    assert "--set partition.stages=[250,1000]" in result.output and "stage 1 (t 250-999): b (480)" in result.output
+    bad = CliRunner().invoke(app, ["partition", "--from-attribute-loss", str(path), "--k", "4"])
+    assert bad.exit_code == 2 and "--latent-dim" in bad.output

@@ -302,3 +302,23 @@ def test_grayscale_rgba_and_16bit_images_are_converted(tmp_path, random_dm):
                                       "-s", "train.progress=false", "-s", "data.resolution=16"])
     assert result.exit_code == 0, result.output
     assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step-00000002"
+
+
+def test_resume_past_a_corrupt_image_with_skip_unreadable(folder_run, caplog):
+    """The corrupt file that stopped the run is skipped on resume, with a warning naming it."""
+    import logging
+
+    from typer.testing import CliRunner
+
+    from diti.cli.main import app
+
+    run, data = folder_run
+    _corrupt(data)
+    args = ["train", "--out", str(run), "--resume", "--steps", "4"]
+    stopped = CliRunner().invoke(app, args)
+    assert stopped.exit_code == 2 and "005.png" in stopped.output and "data.skip_unreadable=true" in stopped.output
+    with caplog.at_level(logging.WARNING, logger="diti.data.datasets"):
+        result = CliRunner().invoke(app, [*args, "-s", "data.skip_unreadable=true"])
+    assert result.exit_code == 0, result.output
+    assert latest_checkpoint(run / "checkpoints").name == "step-00000004"
+    assert any("005.png" in r.getMessage() and "skip_unreadable" in r.getMessage() for r in caplog.records)

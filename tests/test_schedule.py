@@ -11,7 +11,7 @@ def schedule():
 
 
 def test_shift_coefficient_reference_values(schedule):
-    # PAPER.md: c(100) = -0.318, c(500) = -0.955, c(999) = -0.990, c(0) = 0
+    # docs/method.md: c(100) = -0.318, c(500) = -0.955, c(999) = -0.990, c(0) = 0
     assert schedule.shift[0].item() == 0.0
     for t, ref in ((100, -0.318), (500, -0.955), (999, -0.990)):
         assert schedule.shift[t].item() == pytest.approx(ref, abs=5e-4)

@@ -90,3 +90,128 @@ def test_objective_options_change_weighting_and_sampling(tmp_path, random_dm, sh
     assert 0.3 < sum(counts[:100]) / sum(counts) < 0.7
     model, cfg = load_diti_run(run)
     assert cfg.objective.weighting == "uniform" and torch.equal(model.loss_weight, torch.ones(1000))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The GPU-ready loop: workers, device-side NaN guard, bf16 + compile (exercised on CPU)
+def test_workers_give_the_same_weights_as_the_main_thread(tmp_path, random_dm, shapes16):
+    runs = {n: train_diti(quick_cfg(random_dm, shapes16, "train.steps=3", "train.grad_accum_steps=2",
+                                    "data.hflip=true", f"data.num_workers={n}"), tmp_path / f"w{n}")
+            for n in (0, 2)}
+    for name in ("model", "ema", "optimizer"):
+        a, b = (load_file(r / f"checkpoints/step-00000003/{name}.safetensors") for r in runs.values())
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_loader_defaults_per_device():
+    from diti.data import open_dataset
+    from diti.training.loader import StepBatches, StepBatchSampler, default_num_workers, step_loader
+
+    assert default_num_workers(torch.device("cpu")) == 0
+    assert 1 <= default_num_workers(torch.device("cuda")) <= 8
+    sampler = StepBatchSampler(10, 4, 0, 0, 2)
+    keys = list(sampler)
+    assert [k[:2] for k in keys] == [(0, 0), (1, 0)] and keys[0][2] == list(GlobalBatchSampler(10, 4, 0, 0, 1))[0]
+    ds = torch.utils.data.TensorDataset(torch.zeros(10))
+    cuda = step_loader(StepBatches(ds, 4, (3, 4, 4), 1000, 0), sampler, 2, torch.device("cuda"))
+    assert cuda.pin_memory and cuda.persistent_workers and cuda.num_workers == 2 and cuda.prefetch_factor == 4
+    cpu = step_loader(StepBatches(ds, 4, (3, 4, 4), 1000, 0), sampler, 0, torch.device("cpu"))
+    assert not cpu.pin_memory and not cpu.persistent_workers
+    del open_dataset
+
+
+def test_micro_batches_carry_the_steps_draws(shapes16):
+    from diti.data import open_dataset
+    from diti.training.loader import StepBatches, StepBatchSampler
+
+    ds = open_dataset(shapes16, "train")
+    batches = StepBatches(ds, 8, (3, 16, 16), 1000, seed=3, hflip=True, world=1, accum=2)
+    key = next(k for k in StepBatchSampler(len(ds), 8, 3, 5, 6, accum=2) if k[1] == 1)
+    micro = batches.__getitems__(key)
+    t, noise, flip = step_noise(8, (3, 16, 16), 1000, step=5, seed=3)
+    assert torch.equal(micro["t"], t[4:]) and torch.equal(micro["noise"], noise[4:])
+    x = ds.__getitems__(key[2])
+    assert torch.equal(micro["x0"], torch.where(flip[4:, None, None, None], x.flip(-1), x))
+
+
+def test_the_host_reads_the_device_only_at_log_and_checkpoint_steps(tmp_path, random_dm, shapes16, monkeypatch):
+    from diti.training.trainer import Trainer
+
+    calls = []
+    original = Trainer._read_back
+    monkeypatch.setattr(Trainer, "_read_back", lambda self: calls.append(self.step) or original(self))
+    run = train_diti(quick_cfg(random_dm, shapes16, "train.steps=7", "train.log_every=3",
+                               "train.checkpoint_every=4"), tmp_path / "run")
+    assert calls == [3, 4, 6, 7]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 6, 7] and all(r["loss"] > 0 for r in rows)
+    assert sum(json.loads((run / "loss_per_t.json").read_text())["count"]) == 7 * 16
+
+
+def test_nan_guard_names_the_first_bad_step_though_it_reads_back_later(tmp_path, random_dm, shapes16,
+                                                                      monkeypatch):
+    from diti.models import diti as diti_module
+
+    original = diti_module.shift_per_sample
+    calls = {"n": 0}
+
+    def nan_from_the_third_step(*args):
+        calls["n"] += 1
+        return original(*args) * (float("nan") if calls["n"] >= 3 else 1.0)
+
+    monkeypatch.setattr(diti_module, "shift_per_sample", nan_from_the_third_step)
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 3; stopped at step 5 without saving"):
+        train_diti(quick_cfg(random_dm, shapes16, "train.steps=8", "train.log_every=5",
+                             "train.checkpoint_every=5"), tmp_path / "run")
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints") is None
+
+
+def test_bf16_and_compile_keep_checkpoints_uncompiled_and_float32(tmp_path, random_dm, shapes16, monkeypatch):
+    compiled = []
+
+    class Compiled(torch.nn.Module):
+        """What torch.compile returns, as far as checkpoints can tell: the module under `_orig_mod`.
+        (Tracing the model for real takes ~30 s on CPU; benchmarks/gpu_check.py compiles it on a GPU.)"""
+
+        def __init__(self, module):
+            super().__init__()
+            self._orig_mod = module
+
+        def forward(self, *args):
+            return self._orig_mod(*args)
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(Compiled(model)) or compiled[-1])
+    run = train_diti(quick_cfg(random_dm, shapes16, "train.steps=2", "train.mixed_precision=bf16",
+                               "train.compile=true", "train.channels_last=true"), tmp_path / "run")
+    assert compiled, "train.compile did not compile the module"
+    for name in ("model", "ema"):
+        state = load_file(run / f"checkpoints/step-00000002/{name}.safetensors")
+        assert all(v.dtype == torch.float32 for v in state.values())
+        assert not any("_orig_mod" in k or k.startswith("module.") for k in state)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] > 0
+    model, _ = load_diti_run(run)
+    assert model.encode(torch.zeros(1, 3, 16, 16)).dtype == torch.float32
+    # autocast did run in bf16: the same 2 steps in fp32 end elsewhere
+    fp32 = train_diti(quick_cfg(random_dm, shapes16, "train.steps=2", "train.channels_last=true"), tmp_path / "fp32")
+    a, b = (load_file(r / "checkpoints/step-00000002/model.safetensors") for r in (run, fp32))
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_unreadable_image_in_a_worker_ends_with_one_line(tmp_path, random_dm, shapes16):
+    from PIL import Image
+
+    from diti.data import open_dataset
+
+    data = tmp_path / "folder"
+    data.mkdir()
+    for i, im in enumerate(open_dataset(shapes16, "train").images(list(range(16)))):
+        Image.fromarray(im).save(data / f"{i:03d}.png")
+    (data / "007.png").write_bytes(b"broken")
+    with pytest.raises(ValueError) as info:
+        train_diti(quick_cfg(random_dm, data, "train.steps=2", "data.num_workers=2", "data.resolution=16"),
+                   tmp_path / "run")
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert "cannot read image" in message and "007.png" in message and "(step 1)" in message
+    assert "diti data check" in message and "data.skip_unreadable=true" in message

@@ -4,7 +4,7 @@ z in R^d is split into k chunks; chunk i covers dims [end(i-1), end(i)) and time
 {t : floor(t / (T / k)) = i}. At time-step t the decoder sees the chunks 0..chunk_of_t[t] (the cumulative set
 of attributes lost by t). k = 1 is PDAE: every dim at every t.
 
-This module reproduces the official DiTi algorithm exactly (PAPER.md, "The partition"):
+This module reproduces the official DiTi algorithm exactly (docs/method.md, "The partition"):
 - chunk_of_t[t] = int(t / (T / k)) (float division);
 - balanced: end(i) = int(d / k * (i + 1)), computed as (d * (i + 1)) // k so float rounding never drops a dim;
 - imbalanced: stages s_1 < ... < s_m = T with dims D_1..D_m (sum d); a chunk belongs to the stage holding its
@@ -269,3 +269,57 @@ def stage_of_timestep(t: int, stages: tuple[int, ...] | list[int]) -> int:
 def official_celeba_partition() -> Partition:
     """The paper's CelebA/FFHQ/Bedroom setting: d=512, k=64, stages 50..1000, dims 10,25,327,100,50."""
     return Partition(512, 64, 1000, (50, 100, 300, 500, 1000), (10, 25, 327, 100, 50))
+
+
+def partition_from_crossings(
+    crossings: dict[str, float | None], latent_dim: int, k: int, timesteps: int = 1000,
+) -> tuple[Partition, list[list[str]]]:
+    """An imbalanced partition whose stages follow the t at which a DM loses each factor.
+
+    ``crossings``: factor -> the t where its attribute loss reaches the threshold (``diti attribute-loss``'s
+    ``crossing_t_interp``, or ``crossing_t``); None for a factor never lost, which joins the last stage.
+    The rule, on the grid of the k chunks (each T / k time-steps wide):
+
+    1. each factor belongs to the chunk whose t-range holds its crossing (its attribute is lost while that
+       chunk is the newest one the decoder sees); factors of the same chunk share a stage;
+    2. each such chunk opens a stage that runs to the next one; the first stage also takes the chunks
+       before it (from t = 0), the last runs to T;
+    3. dims are shared out in proportion to the number of factors per stage (largest remainders, ties to
+       the earlier stage), at least one per stage. Inside a stage the official rule applies (floor(D / n)
+       dims per chunk, the remainder to the stage's last chunk).
+
+    Returns the partition and the factor names of each stage. ValueError if no factor crosses, a crossing is
+    outside [0, T), or latent_dim is smaller than the number of stages.
+    """
+    lost = {name: float(t) for name, t in crossings.items() if t is not None}
+    if not lost:
+        raise ValueError("no factor reaches the attribute-loss threshold: there is no crossing to place stages at")
+    outside = {n: t for n, t in lost.items() if not 0 <= t < timesteps}
+    if outside:
+        raise ValueError(f"crossings outside [0, T={timesteps}): {outside}")
+    if not 1 <= k <= timesteps:
+        raise ValueError(f"k must be in [1, T={timesteps}], got {k}")
+    chunk_of = chunk_of_timesteps(k, timesteps)
+    firsts = chunk_first_timesteps(k, timesteps)
+    chunk = {n: chunk_of[int(t)] for n, t in lost.items()}
+    opened = sorted(set(chunk.values()))
+    groups = [[n for n in lost if chunk[n] == c] for c in opened]
+    groups[-1] += [n for n, t in crossings.items() if t is None]
+    ends = [firsts[c] for c in opened[1:]] + [timesteps]
+    if latent_dim < len(groups):
+        raise ValueError(f"latent_dim={latent_dim} is smaller than the {len(groups)} stages of these crossings")
+    weights = [len(g) for g in groups]
+    shares = [latent_dim * w / sum(weights) for w in weights]
+    dims = [max(1, int(x)) for x in shares]
+    # hand out (or take back) what rounding left, by the largest (smallest) remainder
+    order = sorted(range(len(dims)), key=lambda j: (-(shares[j] - int(shares[j])), j))
+    i = 0
+    while sum(dims) < latent_dim:
+        dims[order[i % len(order)]] += 1
+        i += 1
+    for j in reversed(order):
+        if sum(dims) <= latent_dim:
+            break
+        if dims[j] > 1:
+            dims[j] -= 1
+    return Partition(latent_dim, k, timesteps, tuple(ends), tuple(dims)), groups

@@ -4,7 +4,7 @@ In: PIL images (any size and mode), uint8 arrays (H, W, 3) or (B, H, W, 3) of an
 (3, R, R) or (B, 3, R, R) in [-1, 1] at the model's resolution R. PIL images and arrays are fitted exactly as
 the data loader fits a data set's images (``diti.data.datasets.fit_square``): converted to RGB (transparency
 composited on white), the centre square (or a crop box that the run's data format prescribes for images of
-that size, e.g. CelebA's official crop) resized to R with a bicubic filter. Tensors are taken as they are,
+that size, e.g. CelebA's official crop) resized to R with the run's ``data.resize`` filter (bicubic by default). Tensors are taken as they are,
 so their shape and range are checked; anything else is refused with a ValueError that names the problem.
 
 Out (``output_type``): ``"pil"`` a list of PIL images, ``"np"`` uint8 (B, R, R, 3), ``"pt"`` the decoded
@@ -30,33 +30,35 @@ HINT = "images must be PIL images, uint8 arrays (H, W, 3) / (B, H, W, 3), or flo
 
 
 def to_model_input(
-    images, resolution: int, channels: int = 3, crop_boxes: Mapping[tuple[int, int], Box] | None = None
+    images, resolution: int, channels: int = 3, crop_boxes: Mapping[tuple[int, int], Box] | None = None,
+    resize: str = "bicubic",
 ) -> torch.Tensor:
     """float32 (B, C, R, R) in [-1, 1] on the CPU, from any of the inputs in the module docstring.
 
     ``crop_boxes`` maps an image size (width, height) to the box cropped from images of exactly that size
-    before the centre-square fit (the run's data format decides; empty for most data sets).
+    before the centre-square fit (the run's data format decides; empty for most data sets); ``resize``: the
+    filter (``fit_square``).
     """
     crop_boxes = crop_boxes or {}
     if isinstance(images, torch.Tensor):
         return _check_tensor(images, resolution, channels)
     if isinstance(images, np.ndarray):
-        return to_tensor(_fit_array(images, resolution, crop_boxes))
+        return to_tensor(_fit_array(images, resolution, crop_boxes, resize))
     if isinstance(images, Image.Image):
-        return to_tensor(np.stack([_fit_pil(images, resolution, crop_boxes)]))  # a writable copy
+        return to_tensor(np.stack([_fit_pil(images, resolution, crop_boxes, resize)]))  # a writable copy
     if isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
         if not images:
             raise ValueError("no images given (an empty list)")
-        return torch.cat([to_model_input(im, resolution, channels, crop_boxes) for im in images])
+        return torch.cat([to_model_input(im, resolution, channels, crop_boxes, resize) for im in images])
     raise ValueError(f"{HINT}; got {type(images).__name__}")
 
 
-def _fit_pil(im: Image.Image, resolution: int, crop_boxes) -> np.ndarray:
+def _fit_pil(im: Image.Image, resolution: int, crop_boxes, resize: str) -> np.ndarray:
     rgb = to_rgb(im)
-    return fit_square(rgb, resolution, crop_boxes.get(rgb.size))
+    return fit_square(rgb, resolution, crop_boxes.get(rgb.size), resize)
 
 
-def _fit_array(images: np.ndarray, resolution: int, crop_boxes) -> np.ndarray:
+def _fit_array(images: np.ndarray, resolution: int, crop_boxes, resize: str) -> np.ndarray:
     if images.dtype != np.uint8:
         raise ValueError(
             f"numpy images must be uint8 (0..255) arrays (H, W, 3) or (B, H, W, 3); got dtype {images.dtype} "
@@ -73,7 +75,7 @@ def _fit_array(images: np.ndarray, resolution: int, crop_boxes) -> np.ndarray:
         raise ValueError("no images given (an empty batch)")
     if batch.shape[1:3] == (resolution, resolution):
         return batch if batch.flags.writeable else batch.copy()  # torch shares memory only with writable arrays
-    return np.stack([_fit_pil(Image.fromarray(im), resolution, crop_boxes) for im in batch])
+    return np.stack([_fit_pil(Image.fromarray(im), resolution, crop_boxes, resize) for im in batch])
 
 
 def _check_tensor(x: torch.Tensor, resolution: int, channels: int) -> torch.Tensor:

@@ -14,7 +14,8 @@ folder is the contract: a ``diti train`` run folder, or a self-contained folder 
                          inversion_a=inv_a, inversion_b=inv_b)        # decodes only
 
 Every method that decodes takes ``steps`` (DDIM steps; an inversion passed in must have been made with the
-same number) and returns ``output_type`` "pil" (a list of PIL images), "np" (uint8 (B, R, R, 3)) or "pt"
+same number) and ``clip_x0`` (clip the predicted x_0 to [-1, 1] at every decoding step, as the official
+samplers do; off by default, never in the inversion), and returns ``output_type`` "pil" (a list of PIL images), "np" (uint8 (B, R, R, 3)) or "pt"
 (float (B, 3, R, R), not clipped). Inputs are described in ``diti.api.images``. Bad input raises ValueError
 (or FileNotFoundError for a missing file) with a message that names the problem.
 """
@@ -210,7 +211,8 @@ class DiTiPipeline:
 
     def preprocess(self, images) -> torch.Tensor:
         """The model's input (B, C, R, R) in [-1, 1] on its device (``diti.api.images``)."""
-        return to_model_input(images, self.resolution, self.channels, self.crop_boxes).to(self.device)
+        resize = getattr(self.config.data, "resize", "bicubic")
+        return to_model_input(images, self.resolution, self.channels, self.crop_boxes, resize).to(self.device)
 
     def postprocess(self, x: torch.Tensor, output_type: str = "pil"):
         return from_model_output(x, output_type)
@@ -263,7 +265,7 @@ class DiTiPipeline:
 
     def decode(
         self, z: torch.Tensor, x_T: torch.Tensor, steps: int = DEFAULT_STEPS, output_type: str = "pil",
-        batch_size: int | None = None, progress: bool = False,
+        batch_size: int | None = None, progress: bool = False, clip_x0: bool = False,
     ):
         """DDIM decoding of x_T (B, C, R, R) with the code z (B, d)."""
         check_output_type(output_type)
@@ -273,16 +275,16 @@ class DiTiPipeline:
         shape = (self.channels, self.resolution, self.resolution)
         if x_T.dim() != 4 or tuple(x_T.shape[1:]) != shape:
             raise ValueError(f"x_T must be (B, {', '.join(map(str, shape))}); got shape {tuple(x_T.shape)}")
-        return self.postprocess(cf.decode(self.model, z, x_T, steps, batch_size, progress), output_type)
+        return self.postprocess(cf.decode(self.model, z, x_T, steps, batch_size, progress, clip_x0), output_type)
 
     def reconstruct(
         self, images=None, steps: int = DEFAULT_STEPS, inversion: Inversion | None = None, output_type: str = "pil",
-        progress: bool = False,
+        progress: bool = False, clip_x0: bool = False,
     ):
         """DDIM reconstruction: invert (unless ``inversion`` is given) and decode with the image's own code."""
         check_output_type(output_type)
         inv = self._inversion(images, inversion, steps, "inversion", progress)
-        return self.decode(inv.z, inv.x_T, steps, output_type, progress=progress)
+        return self.decode(inv.z, inv.x_T, steps, output_type, progress=progress, clip_x0=clip_x0)
 
     def _inversion(self, images, inversion: Inversion | None, steps: int, name: str, progress: bool) -> Inversion:
         if inversion is None:
@@ -329,6 +331,7 @@ class DiTiPipeline:
         inversion_b: Inversion | None = None,
         output_type: str = "pil",
         progress: bool = False,
+        clip_x0: bool = False,
     ):
         """a with the selected dims of z taken from b (``mode="swap"``) or moved toward b by ``alpha``
         (``mode="interpolate"``: (1 - alpha) z_a + alpha z_b on those dims, default alpha 0.5), decoded from
@@ -359,12 +362,12 @@ class DiTiPipeline:
             raise ValueError(f"a and b must be pairs: got {len(inv_a)} image(s) a and {len(inv_b)} image(s) b")
         z = cf.mix_codes(inv_a.z, inv_b.z, mask, [alpha])[0]
         noise = inv_a.x_T if x_T == "keep" else cf.slerp(inv_a.x_T, inv_b.x_T, alpha)
-        return self.decode(z, noise, steps, output_type, progress=progress)
+        return self.decode(z, noise, steps, output_type, progress=progress, clip_x0=clip_x0)
 
     def swap_each_group(
         self, a=None, b=None, *, x_T: str = "keep", steps: int = DEFAULT_STEPS, max_groups: int = 4,
         inversion_a: Inversion | None = None, inversion_b: Inversion | None = None, output_type: str = "pil",
-        progress: bool = False,
+        progress: bool = False, clip_x0: bool = False,
     ) -> list[tuple[cf.DimGroup, object]]:
         """For each group of ``groups(max_groups)`` (stages, chunk groups, or PDAE's dim slices), a with that
         group swapped from b: [(group, images)], all groups decoded as one batch."""
@@ -378,7 +381,8 @@ class DiTiPipeline:
             raise ValueError(f"a and b must be pairs: got {len(inv_a)} image(s) a and {len(inv_b)} image(s) b")
         codes = torch.cat([cf.mix_codes(inv_a.z, inv_b.z, g.mask(self.latent_dim), [1.0])[0] for g in groups])
         noise = inv_a.x_T if x_T == "keep" else inv_b.x_T  # slerp at alpha 1 is b's x_T
-        out = cf.decode(self.model, codes, noise.repeat(len(groups), 1, 1, 1), steps, progress=progress)
+        out = cf.decode(self.model, codes, noise.repeat(len(groups), 1, 1, 1), steps, progress=progress,
+                        clip_x0=clip_x0)
         n = len(inv_a)
         return [(g, self.postprocess(out[i * n : (i + 1) * n], output_type)) for i, g in enumerate(groups)]
 
@@ -436,10 +440,11 @@ class DiTiPipeline:
         result = pm.ProbMaskResult.from_dict(data)
         return result if len(result.weights) == self.latent_dim else None
 
-    def save_probmask(self, result: pm.ProbMaskResult, path: str | Path) -> Path:
-        """Write a ProbMask result as JSON with the checkpoint it belongs to (what ``probmask`` reads back)."""
+    def save_probmask(self, result: pm.ProbMaskResult, path: str | Path, **extra) -> Path:
+        """Write a ProbMask result as JSON with the checkpoint it belongs to (what ``probmask`` reads back), plus
+        ``extra`` keys (e.g. how the figure beside it was decoded)."""
         path = Path(path)
-        path.write_text(json.dumps({**result.to_dict(), "checkpoint": self.checkpoint}, indent=2))
+        path.write_text(json.dumps({**result.to_dict(), **extra, "checkpoint": self.checkpoint}, indent=2))
         return path
 
     def manipulate(
@@ -457,6 +462,7 @@ class DiTiPipeline:
         inversion: Inversion | None = None,
         output_type: str = "pil",
         progress: bool = False,
+        clip_x0: bool = False,
     ):
         """Move z along the attribute's ProbMask direction by ``strength`` (standard deviations of the code
         along it; negative moves away) and decode from each image's own x_T. The direction is ``probmask`` or
@@ -470,7 +476,7 @@ class DiTiPipeline:
             raise ValueError(f"the ProbMask has {len(probmask.weights)} dims; this model has d={self.latent_dim}")
         inv = self._inversion(images, inversion, steps, "inversion", progress)
         z = pm.edit_codes(inv.z, probmask, [float(strength)])[0]
-        return self.decode(z, inv.x_T, steps, output_type, progress=progress)
+        return self.decode(z, inv.x_T, steps, output_type, progress=progress, clip_x0=clip_x0)
 
     # ------------------------------------------------------------------------------------------------
     # Figures (what the command line writes)
@@ -487,13 +493,14 @@ class DiTiPipeline:
         return pm.manipulation_figure(self.model, self.preprocess(images), result, path, **kwargs)
 
     def reconstruction_figure(
-        self, images, path: str | Path, steps: int = DEFAULT_STEPS, cell: int = 64, progress: bool = False
+        self, images, path: str | Path, steps: int = DEFAULT_STEPS, cell: int = 64, progress: bool = False,
+        clip_x0: bool = False,
     ) -> tuple[Path, list[float]]:
         """Real images (top row) and their DDIM reconstructions (bottom row); returns (path, MSE per image)."""
         from ..evaluation.grids import save_image_grid
 
         x = self.preprocess(images)
-        rec = self.reconstruct(x, steps, output_type="pt", progress=progress)
+        rec = self.reconstruct(x, steps, output_type="pt", progress=progress, clip_x0=clip_x0)
         mse = ((rec - x.cpu()) ** 2).flatten(1).mean(1).tolist()
         labels = [f"{i}: mse {m:.4f}" for i, m in enumerate(mse)]
         title = f"{self.kind} {self.name}: DDIM reconstruction, {steps} steps"

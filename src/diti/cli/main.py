@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="Make data sets.", no_args_is_help=True)
+data_app = typer.Typer(help="Make, describe and check data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 SET_HELP = "Override a config value, e.g. --set train.lr=3e-4 (repeatable; values are YAML)."
@@ -52,12 +52,15 @@ def data_shapes(
     n_train: int = typer.Option(10000, help="Training images."),
     n_test: int = typer.Option(2000, help="Test images."),
     seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
+    version: int = typer.Option(1, "--version", help="Factor design: 1 (demo, 7 factors lost at t 400-700) or 2 "
+                                "(benchmark, 8 factors lost across t 100-670 at 16 px)."),
 ):
-    """Generate the embedded shapes data set (7 known factors, coarse to fine)."""
+    """Generate the embedded shapes data set (known factors, coarse to fine)."""
     from ..data import generate_shapes
 
     try:
-        path = generate_shapes(out, resolution=resolution, n_train=n_train, n_test=n_test, seed=seed)
+        path = generate_shapes(out, resolution=resolution, n_train=n_train, n_test=n_test, seed=seed,
+                               version=version)
     except USER_ERRORS as err:
         _fail(err)
     typer.echo(f"wrote {path}")
@@ -157,7 +160,7 @@ def encode(
     typer.echo(f"encoded {len(features)} images to {features.shape[1]} dims: " + ", ".join(map(str, written)))
 
 
-PROBE_DEFAULTS = {"task": "auto", "epochs": 15, "lr": 1e-3, "batch_size": 128, "hflip": False,
+PROBE_DEFAULTS = {"task": "auto", "epochs": None, "steps": None, "lr": 1e-3, "batch_size": 128, "hflip": False,
                   "valid_split": None, "test_split": "test"}
 
 
@@ -174,7 +177,9 @@ def probe(
     valid_split: str = typer.Option(None, help="Split to choose the epoch on [10% held out of train]."),
     task: str = typer.Option(None, help="auto, multiclass, binary or regression [auto]."),
     columns: str = typer.Option(None, help="Comma-separated attribute names to probe (default: all)."),
-    epochs: int = typer.Option(None, help="Epochs [15, official]."),
+    epochs: int = typer.Option(None, help="Fixed epoch count (the official protocol: 15, as in --preset celeba/lfw)."),
+    steps: int = typer.Option(None, help="Optimizer-step budget with early stopping on the validation split "
+                              "[5000; the default unless --epochs or a preset is given]."),
     lr: float = typer.Option(None, help="Adam learning rate [1e-3, official]."),
     batch_size: int = typer.Option(None, help="Batch size [128; official: 128 CelebA, 64 LFW]."),
     hflip: bool = typer.Option(None, "--hflip/--no-hflip", help="Flip augmentation of the training images."),
@@ -192,12 +197,14 @@ def probe(
     from ..evaluation.runs import probe_features, probe_run
 
     try:
-        explicit = {"task": task, "epochs": epochs, "lr": lr, "batch_size": batch_size, "hflip": hflip,
-                    "valid_split": valid_split, "test_split": test_split}
+        explicit = {"task": task, "epochs": epochs, "steps": steps, "lr": lr, "batch_size": batch_size,
+                    "hflip": hflip, "valid_split": valid_split, "test_split": test_split}
         opts = {**PROBE_DEFAULTS, **get_preset(PROBE_PRESETS, preset),
                 **{k: v for k, v in explicit.items() if v is not None}}
+        if steps is not None and epochs is None:
+            opts["epochs"] = None  # an explicit step budget replaces a preset's epoch count
         kwargs = dict(task=opts["task"], columns=columns.split(",") if columns else None, epochs=opts["epochs"],
-                      lr=opts["lr"], batch_size=opts["batch_size"], seed=seed)
+                      steps=opts["steps"], lr=opts["lr"], batch_size=opts["batch_size"], seed=seed)
         if run is not None:
             if data is None:
                 raise ValueError("--data is required with a run folder")
@@ -219,23 +226,60 @@ def probe(
     typer.echo(result.format_table())
 
 
-@app.command()
+@app.command(epilog=(
+    "Cost (reference protocol, dominated by the GBT fits; 2-core AMD EPYC, nothing else running): "
+    "DISENTANGLE_TIMING. --protocol fast fits on 2,000 rows."))
 def disentangle(
-    run: Path = typer.Argument(..., help="A `diti train` run folder."),
-    data: Path = typer.Option(..., help="Data with known categorical factors (e.g. the shapes data)."),
-    train_split: str = typer.Option("train", help="Split the GBT classifiers and probes are fitted on."),
-    test_split: str = typer.Option("test", help="Split the scores are computed on."),
-    max_train: int = typer.Option(2000, help="Codes per GBT classifier (0 = all; GBT with defaults is slow)."),
+    run: Path = typer.Argument(None, help="A `diti train` run folder (encoded with its EMA encoder)."),
+    data: Path = typer.Option(None, help="Data with known categorical factors (with RUN), e.g. the shapes data."),
+    features: Path = typer.Option(None, help="Saved train codes (`diti encode` .npy + attribute table) instead "
+                                  "of RUN + --data."),
+    test_features: Path = typer.Option(None, help="Saved test codes (with --features)."),
+    partition: Path = typer.Option(None, help="With --features: the run folder or YAML config whose partition "
+                                   "the codes follow [k = 1]."),
+    reference: Path = typer.Option(None, help="A run (or config) whose chunks group the dims of the chunk-level "
+                                   "metrics, e.g. the DiTi run a PDAE run is compared with."),
+    out: Path = typer.Option(None, help="Output folder (default RUN/eval; required with --features)."),
+    train_split: str = typer.Option("train", help="Split the GBT classifiers, MIG and FactorVAE use."),
+    test_split: str = typer.Option("test", help="Split the GBT classifiers and probes are scored on."),
+    protocol: str = typer.Option("reference", help="reference (disentanglement_lib's sample counts) or fast."),
+    max_train: int = typer.Option(None, help="Override the protocol's GBT training rows (0 = all); the JSON "
+                                  "then names the protocol 'custom'."),
     groups: int = typer.Option(5, help="Dim groups for the alignment when the partition has a single stage."),
+    jobs: int = typer.Option(None, help="Processes for the per-factor GBT fits [one per factor, up to the CPUs]."),
     seed: int = typer.Option(0, help="Seed of the metrics."),
     device: str = typer.Option("cpu", help="Device of the encoder."),
 ):
-    """DCI, MIG, FactorVAE score and partition-attribute alignment (RUN/eval/disentangle.json, alignment.png)."""
-    from ..evaluation.runs import disentangle_run, format_disentangle
+    """DCI (per dim and per chunk/stage), MIG, FactorVAE score and partition-attribute alignment.
+
+    Writes disentangle.json and alignment.png to RUN/eval (or --out).
+    """
+    from dataclasses import replace
+
+    from ..evaluation.disentanglement import get_protocol
+    from ..evaluation.runs import disentangle_run, disentangle_saved, format_disentangle
 
     try:
-        result = disentangle_run(run, data, train_split, test_split, device, max_train=max_train or None,
-                                 max_groups=groups, seed=seed)
+        proto = get_protocol(protocol)
+        if max_train is not None:
+            proto = replace(proto, name="custom", dci_max_train=max_train or None)
+        kwargs = dict(protocol=proto, max_groups=groups, seed=seed, n_jobs=jobs, reference=reference)
+        if run is not None:
+            if data is None:
+                raise ValueError("--data is required with a run folder")
+            if features is not None or partition is not None:
+                raise ValueError("give a RUN folder with --data, or --features (with --partition), not both")
+            result = disentangle_run(run, data, train_split, test_split, device, **kwargs)
+            if out is not None:
+                from ..evaluation.runs import write_disentangle
+
+                write_disentangle(result, out, run.name)
+        else:
+            if features is None or test_features is None:
+                raise ValueError("give a RUN folder with --data, or --features and --test-features")
+            if out is None:
+                raise ValueError("--out is required with --features")
+            result = disentangle_saved(features, test_features, out, partition=partition, **kwargs)
     except USER_ERRORS as err:
         _fail(err)
     typer.echo(format_disentangle(result))
@@ -263,6 +307,9 @@ def counterfactual(
     x_t: str = typer.Option("keep", "--x-t", help="keep a's x_T, or slerp it towards b's."),
     pairs: int = typer.Option(4, help="Random pairs when --a/--b are not given."),
     steps: int = typer.Option(100, help="DDIM steps."),
+    clip_x0: bool = typer.Option(False, "--clip-x0/--no-clip-x0",
+                                 help="Clip the predicted x0 to [-1, 1] at every DDIM decoding step, as the official "
+                                      "samplers do (never in the inversion)."),
     seed: int = typer.Option(0, help="Seed of the random pairs."),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
     dm: Path = typer.Option(None, help=DM_HELP),
@@ -275,7 +322,8 @@ def counterfactual(
     try:
         pipe = _pipeline(run, device, dm=dm)
         out = out or eval_dir(run) / "counterfactual.png"
-        kw = dict(alphas=_floats(alphas, "--alphas"), mode=mode, x_T=x_t, num_steps=steps, progress=True)
+        kw = dict(alphas=_floats(alphas, "--alphas"), mode=mode, x_T=x_t, num_steps=steps, progress=True,
+                  clip_x0=clip_x0)
         groups = None
         if chunks or stages or dims:
             mask = pipe.select_dims(chunks=_int_list(chunks, "--chunks"), stages=_int_list(stages, "--stages"),
@@ -306,6 +354,9 @@ def reconstruct(
     images: str = typer.Option("0,1,2,3", help="Images: indices into --split and/or image files, comma-separated."),
     split: str = typer.Option("test", help="Split of the indices."),
     steps: int = typer.Option(100, help="DDIM steps (inversion and decoding)."),
+    clip_x0: bool = typer.Option(False, "--clip-x0/--no-clip-x0",
+                                 help="Clip the predicted x0 to [-1, 1] at every DDIM decoding step, as the official "
+                                      "samplers do (never in the inversion)."),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
     dm: Path = typer.Option(None, help=DM_HELP),
     out: Path = typer.Option(None, help="PNG to write (default RUN/eval/reconstruction.png)."),
@@ -316,7 +367,8 @@ def reconstruct(
     try:
         pipe = _pipeline(run, device, dm=dm)
         x = pipe.images([s.strip() for s in images.split(",") if s.strip()], data, split)
-        path, mse = pipe.reconstruction_figure(x, out or eval_dir(run) / "reconstruction.png", steps, progress=True)
+        path, mse = pipe.reconstruction_figure(x, out or eval_dir(run) / "reconstruction.png", steps, progress=True,
+                                               clip_x0=clip_x0)
     except USER_ERRORS as err:
         _fail(err)
     typer.echo(f"mean squared error on [-1, 1]: {np.mean(mse):.5f} ({', '.join(f'{m:.5f}' for m in mse)})\n"
@@ -335,6 +387,9 @@ def manipulate(
     split: str = typer.Option("test", help="Split of the edited images."),
     fit_split: str = typer.Option("train", help="Split the ProbMask classifier is fitted on."),
     steps: int = typer.Option(100, help="DDIM steps."),
+    clip_x0: bool = typer.Option(False, "--clip-x0/--no-clip-x0",
+                                 help="Clip the predicted x0 to [-1, 1] at every DDIM decoding step, as the official "
+                                      "samplers do (never in the inversion)."),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
     dm: Path = typer.Option(None, help=DM_HELP),
     out: Path = typer.Option(None, help="PNG to write (default RUN/eval/manipulate-ATTRIBUTE.png)."),
@@ -351,8 +406,8 @@ def manipulate(
         x = pipe.images(images.split(","), data, split)
         out = out or eval_dir(run) / f"manipulate-{attribute}.png"
         path = pipe.manipulation_figure(x, result, out, strengths=_floats(strengths, "--strengths"), num_steps=steps,
-                                        attribute=attribute, progress=True)
-        pipe.save_probmask(result, Path(path).with_suffix(".json"))
+                                        attribute=attribute, progress=True, clip_x0=clip_x0)
+        pipe.save_probmask(result, Path(path).with_suffix(".json"), decoding={"ddim_steps": steps, "clip_x0": clip_x0})
     except USER_ERRORS as err:
         _fail(err)
     typer.echo(f"ProbMask on {d_prime} dims {sorted(result.mask_dims.tolist())}: held-out accuracy "
@@ -529,6 +584,34 @@ def report(
     typer.echo(f"wrote {path}")
 
 
+@data_app.command("check")
+def data_check(
+    path: Path = typer.Argument(..., help="Data set folder (any format diti reads)."),
+    resolution: int = typer.Option(None, help="Training resolution: also list images smaller than it."),
+    format: str = typer.Option(None, "--format", help="Data format (default: detected from the folder)."),
+    attributes: Path = typer.Option(None, help="Attribute table replacing the data set's own."),
+    workers: int = typer.Option(0, help="Worker processes decoding in parallel."),
+    out: Path = typer.Option(None, help="Also write the findings as JSON here."),
+):
+    """Decode every image of every split once; list each unreadable or odd file (exit 1 if any is unreadable).
+
+    Unreadable: cannot be decoded, or the crop box does not fit (training would stop on it; --set
+    data.skip_unreadable=true skips such files with a warning). Odd but readable: converted to RGB
+    (grayscale, alpha, 16-bit), upsampled (smaller than --resolution), extension not matching the bytes.
+    """
+    from ..data.check import check_dataset, write_report
+
+    try:
+        report = check_dataset(path, resolution, format, attributes, workers=workers)
+        if out is not None:
+            write_report(report, out)
+    except USER_ERRORS as err:
+        _fail(err)
+    typer.echo(report.format_table())
+    if report.unreadable:
+        raise typer.Exit(1)
+
+
 @data_app.command("formats")
 def data_formats():
     """The folder layout each data format expects."""
@@ -548,10 +631,21 @@ def partition(
     config: Path = typer.Option(None, help="Read the partition from a YAML config."),
     run: Path = typer.Option(None, help="Read the partition from a run folder's config."),
     preset: str = typer.Option(None, help="Read the partition from a preset."),
+    from_attribute_loss: Path = typer.Option(None, help="Place the stages at the factors' crossings in this "
+                                             "attribute_loss.json (`diti attribute-loss`); needs --latent-dim, --k."),
     as_json: bool = typer.Option(False, "--json", help='Print {"chunk_end_dims": [...], "chunk_of_t": [...]}.'),
 ):
-    """Print the time-step partition of z as a table (chunk, t-range, dims)."""
+    """Print the time-step partition of z as a table (chunk, t-range, dims).
+
+    With --from-attribute-loss: each factor goes to the chunk whose t-range holds the t where its attribute
+    loss crosses the threshold; each such chunk opens a stage (the first from t = 0, the last to T), and the
+    stages share the d dims in proportion to their factors. Prints the --set overrides that train with it.
+    """
     try:
+        if from_attribute_loss is not None:
+            _partition_from_attribute_loss(from_attribute_loss, latent_dim, k, timesteps, as_json,
+                                           stages is not None or any(v is not None for v in (config, run, preset)))
+            return
         if run is not None:
             config = Path(run) / "config.yaml"
         overrides = []
@@ -573,6 +667,39 @@ def partition(
     except USER_ERRORS as err:
         _fail(err)
     typer.echo(json.dumps(part.to_json()) if as_json else part.format_table())
+
+
+def _partition_from_attribute_loss(path: Path, latent_dim, k, timesteps, as_json: bool, conflicting: bool) -> None:
+    from ..partition import partition_from_crossings
+
+    if conflicting:
+        raise ValueError("--from-attribute-loss replaces --stages/--config/--run/--preset; give it alone")
+    if latent_dim is None or k is None:
+        raise ValueError("--from-attribute-loss needs --latent-dim and --k")
+    if not path.is_file():
+        raise FileNotFoundError(f"attribute-loss file not found: {path}")
+    data = json.loads(path.read_text())
+    crossings = data.get("crossing_t_interp") or data.get("crossing_t")
+    if not isinstance(crossings, dict):
+        raise ValueError(f"{path} has no crossing_t_interp / crossing_t table (is it a `diti attribute-loss` JSON?)")
+    part, groups = partition_from_crossings(crossings, latent_dim, k, timesteps or 1000)
+    overrides = [f"partition.latent_dim={part.latent_dim}", f"partition.k={part.k}",
+                 f"partition.stages=[{','.join(map(str, part.stages))}]",
+                 f"partition.dims_per_stage=[{','.join(map(str, part.dims_per_stage))}]"]
+    if as_json:
+        typer.echo(json.dumps({**part.to_json(), "stages": list(part.stages), "dims_per_stage":
+                               list(part.dims_per_stage), "stage_factors": groups, "crossings": crossings}))
+        return
+    typer.echo(part.format_table())
+    for j, names in enumerate(groups):
+        lo, hi = part.stage_t_ranges[j]
+        typer.echo(f"stage {j} (t {lo}-{hi}): " + ", ".join(f"{n} ({crossings[n]:.0f})" if crossings[n] is not None
+                                                             else f"{n} (never lost)" for n in names))
+        chunks = [i for i in range(part.k) if part.stage_of_chunk[i] == j]
+        if part.dims_per_stage[j] < len(chunks):
+            typer.echo(f"  note: {part.dims_per_stage[j]} dims over {len(chunks)} chunks: the official rule gives "
+                       "the chunks before the stage's last floor(D / n) = 0 dims (a smaller --k avoids this)")
+    typer.echo("train with: " + " ".join(f"--set {o}" for o in overrides))
 
 
 @app.command()

@@ -1,6 +1,6 @@
 """Typed configs for every job. Defaults live here and only here; presets are small overrides.
 
-The DiTi defaults are the official CelebA64 recipe (PAPER.md): d = 512, k = 64, imbalanced stages
+The DiTi defaults are the official CelebA64 recipe (docs/method.md): d = 512, k = 64, imbalanced stages
 50/100/300/500/1000 with dims 10/25/327/100/50, stop_grad, Adam 1e-4, global batch 128, EMA 0.9999.
 """
 
@@ -54,27 +54,47 @@ class ObjectiveConfig:
     (1 for every t) and ``timestep_sampling: stage_balanced | chunk_balanced`` (every partition stage, or
     every chunk, receives the same share of the sampled t; uniform inside it). At small t both c(t) and
     lambda(t) are near 0, so with the official recipe the early chunks receive almost no training signal.
+
+    Faster optimisation with the official objective's expectation (training/timesteps.py):
+    ``timestep_sampling: loss_aware | loss_removed`` (importance sampling of t by the running second moment
+    of the loss, or of the loss the decoder removes, each sample weighted by 1 / (T p(t)); uniform until
+    every t has ``importance_history`` losses, then mixed with ``importance_uniform`` of the uniform
+    distribution) and ``draws_per_image: m`` (m stratified (t, eps) draws per image, the encoder run once).
     """
 
     weighting: Literal["official", "uniform"] = "official"
-    timestep_sampling: Literal["uniform", "stage_balanced", "chunk_balanced"] = "uniform"
+    timestep_sampling: Literal["uniform", "stage_balanced", "chunk_balanced", "loss_aware", "loss_removed"] = "uniform"
+    draws_per_image: int = 1
+    importance_history: int = 10
+    importance_uniform: float = 0.1
 
 
 @dataclass
 class EncoderConfig:
-    """Convolutional encoder: one stride-2 conv per entry of ``channels`` (official CelebA64 design)."""
+    """Convolutional encoder: one stride-2 conv per entry of ``channels`` (official CelebA64 design).
+
+    ``init``: ``default`` (PyTorch's init of every layer) or ``official`` (the same, but each attention block's
+    output projection starts at zero, as in the official encoder).
+    """
 
     channels: list[int] = field(default_factory=lambda: [64, 128, 128, 128])
     attn_resolutions: list[int] = field(default_factory=lambda: [16])
     attn_heads: int = 4
     norm_groups: int = 32
+    init: Literal["default", "official"] = "default"
 
 
 @dataclass
 class DecoderConfig:
-    """Shift decoder built from the frozen DM; z_embed_dim None = the DM's time-embedding width."""
+    """Shift decoder built from the frozen DM; z_embed_dim None = the DM's time-embedding width.
+
+    ``init``: how the trainable mid/up copy starts. ``dm_copy`` (diti's default): from the DM's weights.
+    ``official``: as the official ShiftUNet, from a fresh random init in which every residual block's output
+    conv and every attention output projection are zero. The output conv is zero in both, so G = 0 at step 0.
+    """
 
     z_embed_dim: int | None = None
+    init: Literal["dm_copy", "official"] = "dm_copy"
 
 
 @dataclass
@@ -94,7 +114,13 @@ class UNetConfig:
 class DataConfig:
     """Where the training images come from. resolution None = the DM's sample size; format None = detected
     from the folder (diti-array, celeba, lfw, lmdb, image-folder); attributes: an attribute table that
-    replaces the format's own."""
+    replaces the format's own.
+
+    resize: ``bicubic`` (diti's default) or ``bilinear`` (the official pipeline: crop, then bilinear).
+    skip_unreadable: replace an image that cannot be decoded by the next readable one, with a logged warning
+    naming the file (off: training stops with an error naming it; ``diti data check`` lists them all first).
+    num_workers: DataLoader worker processes; None = 0 on CPU, min(8, CPU cores) when training on CUDA.
+    """
 
     path: str | None = None
     split: str = "train"
@@ -102,7 +128,9 @@ class DataConfig:
     format: str | None = None
     attributes: str | None = None
     hflip: bool = False
-    num_workers: int = 0
+    resize: Literal["bicubic", "bilinear"] = "bicubic"
+    skip_unreadable: bool = False
+    num_workers: int | None = None
 
     def open(self, split: str | None = None, path: str | None = None):
         """The data set of ``split`` (default: the training split) at this config's resolution.
@@ -115,6 +143,7 @@ class DataConfig:
         return open_dataset(
             self.path if path is None else path, split or self.split, self.resolution,
             attributes=self.attributes if same else None, format=self.format if same else None,
+            resize=self.resize, skip_unreadable=self.skip_unreadable,
         )
 
 
@@ -188,6 +217,12 @@ class DiTiConfig:
         self.train.validate()
         if any(c < 1 for c in self.encoder.channels) or not self.encoder.channels:
             raise ConfigError(f"encoder.channels must be positive widths, got {self.encoder.channels}")
+        obj = self.objective
+        if obj.draws_per_image < 1:
+            raise ConfigError(f"objective.draws_per_image must be >= 1, got {obj.draws_per_image}")
+        if obj.importance_history < 1 or not 0 < obj.importance_uniform <= 1:
+            raise ConfigError(f"objective.importance_history must be >= 1 and importance_uniform in (0, 1], got "
+                              f"{obj.importance_history} and {obj.importance_uniform}")
 
 
 @dataclass

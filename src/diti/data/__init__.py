@@ -20,11 +20,20 @@ from .formats import (
     read_celeba_partition,
     read_lfw_attributes,
 )
-from .shapes import SHAPES_FACTORS, Factor, generate_shapes, render_shapes, sample_factors
+from .shapes import (
+    SHAPES_FACTORS,
+    SHAPES_V2_FACTORS,
+    Factor,
+    generate_shapes,
+    render_shapes,
+    sample_factors,
+    shapes_factors,
+)
 
 __all__ = [
     "FORMATS",
     "SHAPES_FACTORS",
+    "SHAPES_V2_FACTORS",
     "ArrayImageDataset",
     "Attributes",
     "Factor",
@@ -43,4 +52,5 @@ __all__ = [
     "read_lfw_attributes",
     "render_shapes",
     "sample_factors",
+    "shapes_factors",
 ]

@@ -13,17 +13,30 @@ specs in ``diti.data.formats`` (``FORMATS``, ``detect_format``, ``open_dataset``
 Every data set yields float32 images (3, R, R) in [-1, 1]. ``__getitems__`` returns a whole batch
 (B, 3, R, R) at once, so a DataLoader needs ``collate_fn=collate_images`` (torch's default collate cannot
 take a ready tensor).
+
+Two per-data-set settings (``open_dataset`` sets them from the config's ``data.resize`` and
+``data.skip_unreadable``):
+
+- ``resize``: ``bicubic`` (diti's default: one PIL bicubic resample of the crop square, reading the pixels
+  just outside it, as resize-then-crop does) or ``bilinear`` (the official pipeline: cut the crop square out,
+  then PIL bilinear, what torchvision's ``Resize`` does to a PIL image). Both antialias when shrinking.
+- ``skip_unreadable``: an image that cannot be decoded is replaced by the next readable item of the data set
+  (in index order, wrapping around) and a warning naming the file is logged (once per file and process);
+  off, it raises ValueError naming the file. The replacement is deterministic, so ``--resume`` still
+  continues exactly.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import itertools
 import json
+import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +52,9 @@ SPLIT_DIRS = ("train", "valid", "val", "validation", "test")
 ARRAY_FORMAT_VERSION = 1
 # Arrays up to this size are read into memory (fastest batched indexing); larger ones are memory-mapped.
 IN_MEMORY_BYTES = 2 << 30
+RESIZE_FILTERS = ("bicubic", "bilinear")
+
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -204,6 +220,8 @@ class ImageDataset(torch.utils.data.Dataset):
     """
 
     collate = staticmethod(collate_images)
+    resize = "bicubic"  # see the module docstring; open_dataset sets both per data set
+    skip_unreadable = False
 
     def __init__(self, root: Path, resolution: int, attributes: Attributes | None, name: str):
         if attributes is not None and len(attributes) != len(self):
@@ -220,16 +238,44 @@ class ImageDataset(torch.utils.data.Dataset):
         """Images ``indices`` as uint8 (B, R, R, 3)."""
         raise NotImplementedError
 
+    def sources(self) -> list[tuple[str, Path | Callable[[], bytes], Box | None]] | None:
+        """(name, encoded file, crop box) of every item, for ``diti data check``: the file is a path or a
+        picklable function returning its bytes. None for a data set of decoded pixels (nothing to decode)."""
+        return None
+
     def __getitem__(self, i: int) -> torch.Tensor:
         """Image ``i``: float32 (3, R, R) in [-1, 1]."""
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range for {n} images")
-        return to_tensor(self.images([i]))[0]
+        return to_tensor(self.read_images([i]))[0]
 
     def __getitems__(self, indices: Sequence[int]) -> torch.Tensor:
         """Images ``indices``: float32 (B, 3, R, R) in [-1, 1]; DataLoader calls this for whole batches."""
-        return to_tensor(self.images(indices))
+        return to_tensor(self.read_images(indices))
+
+    def read_images(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """``images(indices)``, with unreadable items replaced when ``skip_unreadable`` is set."""
+        try:
+            return self.images(indices)
+        except ValueError:
+            if not self.skip_unreadable:
+                raise
+        return np.stack([self._readable(int(i)) for i in np.asarray(indices).reshape(-1)])
+
+    def _readable(self, i: int) -> np.ndarray:
+        """Item i, or the next readable item after it (wrapping around), logging each unreadable one once."""
+        n = len(self)
+        skipped = self.__dict__.setdefault("_skipped", set())
+        for k in range(n):
+            j = (i + k) % n
+            try:
+                return self.images([j])[0]
+            except ValueError as err:
+                if j not in skipped:
+                    skipped.add(j)
+                    logger.warning("skipping an unreadable image (data.skip_unreadable): %s", err)
+        raise ValueError(f"{self.root}: none of the {n} images is readable")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, n={len(self)}, resolution={self.resolution}, root='{self.root}')"
@@ -295,7 +341,7 @@ class ArrayImageDataset(ImageDataset):
         batch = self._array[np.asarray(indices, dtype=np.int64)]
         if self.resolution == self.stored_resolution:
             return batch
-        return np.stack([fit_square(Image.fromarray(im), self.resolution) for im in batch])
+        return np.stack([fit_square(Image.fromarray(im), self.resolution, resize=self.resize) for im in batch])
 
 
 class ImageFolderDataset(ImageDataset):
@@ -341,8 +387,11 @@ class ImageFolderDataset(ImageDataset):
 
     def images(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         return np.stack(
-            [load_image(self.root / self.files[i], self.resolution, self.box) for i in np.asarray(indices)]
+            [load_image(self.root / self.files[i], self.resolution, self.box, self.resize) for i in np.asarray(indices)]
         )
+
+    def sources(self) -> list[tuple[str, Path | Callable[[], bytes], Box | None]]:
+        return [(str(self.root / f), self.root / f, self.box) for f in self.files]
 
 
 class LMDBDataset(ImageDataset):
@@ -417,8 +466,22 @@ class LMDBDataset(ImageDataset):
                 value = txn.get(key)
                 if value is None:
                     raise ValueError(f"{self.root}: no record under key {key!r} (item {int(i)})")
-                out.append(decode_image(value, self.resolution, self.box, name=f"{self.root} key {key!r}"))
+                out.append(
+                    decode_image(value, self.resolution, self.box, name=f"{self.root} key {key!r}", resize=self.resize)
+                )
         return np.stack(out)
+
+    def sources(self) -> list[tuple[str, Path | Callable[[], bytes], Box | None]]:
+        return [(f"{self.root} key {self.key(i)!r}", functools.partial(self._record, i), self.box)
+                for i in range(len(self))]
+
+    def _record(self, i: int) -> bytes:
+        key = self.key(i)
+        with self._environment().begin(write=False) as txn:
+            value = txn.get(key)
+        if value is None:
+            raise ValueError(f"{self.root}: no record under key {key!r} (item {i})")
+        return value
 
     def stored_size(self, i: int = 0) -> tuple[int, int]:
         """(width, height) of the stored image of item ``i`` (reads only its header)."""
@@ -562,14 +625,16 @@ def _attributes_for_files(path: Path, files: list[str]) -> Attributes:
     return table.subset([row_of[f] for f in files])
 
 
-def load_image(path: Path, resolution: int, box: Box | None = None) -> np.ndarray:
+def load_image(path: Path, resolution: int, box: Box | None = None, resize: str = "bicubic") -> np.ndarray:
     """Decode the file ``path`` to RGB uint8 (R, R, 3); see ``decode_image``."""
-    return decode_image(path, resolution, box, name=str(path))
+    return decode_image(path, resolution, box, name=str(path), resize=resize)
 
 
-def decode_image(source: Path | bytes, resolution: int, box: Box | None = None, name: str = "") -> np.ndarray:
+def decode_image(
+    source: Path | bytes, resolution: int, box: Box | None = None, name: str = "", resize: str = "bicubic"
+) -> np.ndarray:
     """Decode an image file or encoded bytes to RGB uint8 (R, R, 3): crop ``box`` if given, then the centre
-    square, resized to R (bicubic).
+    square, resized to R (``resize``: bicubic or bilinear, see ``fit_square``).
 
     Transparent images are composited on white; 16-bit images are scaled to 8 bits. An unreadable or
     truncated image, or one the box does not fit in, raises ValueError naming it (``name``)."""
@@ -582,7 +647,7 @@ def decode_image(source: Path | bytes, resolution: int, box: Box | None = None, 
         # PIL reports a bad file from deep inside its decoders; one line naming the file is more useful
         raise ValueError(f"cannot read image {name}: {err}") from None
     try:
-        return fit_square(rgb, resolution, box)
+        return fit_square(rgb, resolution, box, resize)
     except ValueError as err:
         raise ValueError(f"image {name}: {err}") from None
 
@@ -604,10 +669,16 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def fit_square(im: Image.Image, resolution: int, box: Box | None = None) -> np.ndarray:
-    """Centre square of the image (or of ``box`` inside it), resized to (R, R) in one bicubic step
-    (= resize the shorter side to R, then crop; the filter reads the pixels just outside the square, as
-    resize-then-crop does). A square already R wide is cut out exactly."""
+def fit_square(im: Image.Image, resolution: int, box: Box | None = None, resize: str = "bicubic") -> np.ndarray:
+    """Centre square of the image (or of ``box`` inside it), resized to (R, R). A square already R wide is cut
+    out exactly.
+
+    ``resize="bicubic"`` (diti's default): one bicubic step (= resize the shorter side to R, then crop; the
+    filter reads the pixels just outside the square, as resize-then-crop does). ``resize="bilinear"``: the
+    official pipeline, crop the square out first, then PIL bilinear (torchvision's ``Resize`` on a PIL image).
+    """
+    if resize not in RESIZE_FILTERS:
+        raise ValueError(f"unknown resize filter {resize!r}; expected one of {RESIZE_FILTERS}")
     w, h = im.size
     left, top, right, bottom = (0, 0, w, h) if box is None else box
     if left < 0 or top < 0 or right > w or bottom > h:
@@ -617,6 +688,9 @@ def fit_square(im: Image.Image, resolution: int, box: Box | None = None) -> np.n
     square = (left, top, left + s, top + s)
     if s == resolution:
         return np.asarray(im if square == (0, 0, w, h) else im.crop(square))
+    if resize == "bilinear":
+        cut = im if square == (0, 0, w, h) else im.crop(square)
+        return np.asarray(cut.resize((resolution, resolution), Image.Resampling.BILINEAR))
     return np.asarray(im.resize((resolution, resolution), Image.Resampling.BICUBIC, box=square))
 
 

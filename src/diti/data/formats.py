@@ -28,6 +28,7 @@ import numpy as np
 
 from .datasets import (
     IMAGE_EXTENSIONS,
+    RESIZE_FILTERS,
     SPLIT_DIRS,
     ArrayImageDataset,
     Attributes,
@@ -47,10 +48,10 @@ CELEBA_BOX = (25, 57, 25 + 128, 57 + 128)  # (left, top, right, bottom)
 CELEBA_SPLITS = {"train": 0, "valid": 1, "test": 2}  # the codes of list_eval_partition.txt
 CELEBA_CLASSES = ["no", "yes"]  # codes 0 (file value -1) and 1 (file value 1)
 
-# LFW has no official split in this protocol: each person goes, as a whole, to one split, by a seeded hash of
-# the name (stable whatever other rows or images a copy of LFW has)
+# LFW has no official split in this protocol: each person goes, as a whole, to one split. The people of the
+# attribute table are ordered by a seeded hash of the name and cut at exactly 70 % / 80 % of them
 LFW_IMAGE_DIRS = ("lfw_funneled", "lfw-deepfunneled", "lfw")  # the first that exists is used
-LFW_SPLIT_FRACTIONS = {"train": 0.7, "valid": 0.1, "test": 0.2}  # of the people, in expectation
+LFW_SPLIT_FRACTIONS = {"train": 0.7, "valid": 0.1, "test": 0.2}  # of the people, exactly (rounded)
 LFW_SPLIT_SEED = 0
 
 Opener = Callable[[Path, str, int | None, Path | None], ImageDataset]
@@ -59,11 +60,13 @@ Opener = Callable[[Path, str, int | None, Path | None], ImageDataset]
 @dataclass(frozen=True)
 class FormatSpec:
     """One data set format: ``detect(root)`` says whether the folder is in it; ``open(root, split,
-    resolution, attributes)`` opens one split; ``layout`` describes the files it expects."""
+    resolution, attributes)`` opens one split; ``splits(root, attributes)`` lists the splits a folder has;
+    ``layout`` describes the files it expects."""
 
     detect: Callable[[Path], bool]
     open: Opener
     layout: str
+    splits: Callable[[Path, Path | None], list[str]]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -191,17 +194,18 @@ def lfw_file(person: str, imagenum: int) -> str:
     return f"{folder}/{folder}_{imagenum:04d}.jpg"
 
 
-def lfw_split(person: str, seed: int = LFW_SPLIT_SEED) -> str:
-    """The split of everyone named ``person``: u = sha256("diti-lfw-split:<seed>:<person>") as a number in
-    [0, 1); train if u < 0.7, valid if u < 0.8, else test."""
-    digest = hashlib.sha256(f"diti-lfw-split:{seed}:{person}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2.0**64
-    edge = 0.0
+def lfw_splits(people, seed: int = LFW_SPLIT_SEED) -> dict[str, str]:
+    """Person -> split for the distinct names in ``people``: the names sorted by
+    sha256("diti-lfw-split:<seed>:<person>") (ties by name), the first round(0.7 P) in train, the next
+    round(0.8 P) - round(0.7 P) in valid, the rest in test (P = number of people)."""
+    names = sorted(set(people), key=lambda p: (hashlib.sha256(f"diti-lfw-split:{seed}:{p}".encode()).digest(), p))
+    out, start, edge = {}, 0, 0.0
     for split, fraction in LFW_SPLIT_FRACTIONS.items():
         edge += fraction
-        if u < edge:
-            return split
-    return split  # u within rounding of 1.0
+        stop = len(names) if split == "test" else round(edge * len(names))
+        out.update((p, split) for p in names[start:stop])
+        start = stop
+    return out
 
 
 def _check_unique(keys: list[str], path: Path) -> None:
@@ -317,12 +321,21 @@ def _open_lfw(root: Path, split: str, resolution: int | None, attributes: Path |
         )
     if not present:
         raise ValueError(f"none of the {len(files)} images of {table_path} is in {image_dir}")
-    rows = sorted((r for r in present if lfw_split(keys[r][0]) == split), key=lambda r: files[r])
+    # the split is drawn over every person of the table, so images missing from a copy move nobody
+    split_of = lfw_splits(person for person, _ in keys)
+    rows = sorted((r for r in present if split_of[keys[r][0]] == split), key=lambda r: files[r])
     if not rows:
         raise ValueError(f"{root}: the {split!r} split is empty ({len(present)} images, too few people)")
     return ImageFolderDataset(
         image_dir, resolution, table.subset(rows), name="lfw", files=[files[r] for r in rows]
     )
+
+
+def _lmdb_partition(root: Path, attributes: Path | None) -> Path | None:
+    """The partition file of an LMDB data set: beside it, or beside its attribute table, or None."""
+    table_path = Path(attributes) if attributes is not None else root / "list_attr_celeba.txt"
+    candidates = [root / "list_eval_partition.txt", table_path.parent / "list_eval_partition.txt"]
+    return next((p for p in candidates if p.is_file()), None)
 
 
 def _open_lmdb(root: Path, split: str, resolution: int | None, attributes: Path | None) -> ImageDataset:
@@ -340,9 +353,14 @@ def _open_lmdb(root: Path, split: str, resolution: int | None, attributes: Path 
         names, table = [files[r] for r in order], table.subset(order)
     if table is not None and len(table) != n:
         raise ValueError(f"{table_path}: {len(table)} attribute rows for the {n} images of {root}")
-    candidates = [root / "list_eval_partition.txt", table_path.parent / "list_eval_partition.txt"]
-    partition_path = next((p for p in candidates if p.is_file()), None)
+    partition_path = _lmdb_partition(root, attributes)
     indices = None
+    if partition_path is None and split != "train":
+        # without a partition every split would be the same images (a probe tested on its training set)
+        raise ValueError(
+            f"{root} has no list_eval_partition.txt (beside it or beside the attribute table), so its only split "
+            f"is 'train' (every record); there is no {split!r} split. Add a partition file to split it."
+        )
     if partition_path is not None:
         partition = read_celeba_partition(partition_path)
         names = names or sorted(partition)
@@ -375,7 +393,8 @@ FORMATS: dict[str, FormatSpec] = {
                                      "factors": [{"name": ..., "values": [class names]}, ...]}
 <root>/<split>/images.npy           uint8 (N, R, R, 3)
 <root>/<split>/factors.csv          index,<factor names>: integer class codes (optional)
-Written by `diti.data.generate_shapes`. Resolution optional (None = stored; another resizes, bicubic).""",
+Written by `diti.data.generate_shapes`. Resolution optional (None = stored; another resizes, data.resize).""",
+        splits=lambda root, attributes: list(read_dataset_json(root).get("splits", {})),
     ),
     "celeba": FormatSpec(
         detect=lambda root: (
@@ -388,8 +407,10 @@ Written by `diti.data.generate_shapes`. Resolution optional (None = stored; anot
                                          "<file> v1 ... v40", values -1/1, whitespace-separated
 <root>/list_eval_partition.txt           "<file> <0|1|2>": train / valid / test
 Splits "train", "valid", "test", images in sorted file-name order. Each image is cropped to the 128x128 box at
-top 57, left 25, then resized to the resolution (PIL bicubic). Attributes: 40 binary columns, codes 0/1 with
-classes ["no", "yes"] (file value -1 -> 0, 1 -> 1). `attributes=` replaces list_attr_celeba.txt.""",
+top 57, left 25, then resized to the resolution (data.resize: bicubic, or the official bilinear). Attributes: 40
+binary columns, codes 0/1 with classes ["no", "yes"] (file value -1 -> 0, 1 -> 1). `attributes=` replaces
+list_attr_celeba.txt.""",
+        splits=lambda root, attributes: list(CELEBA_SPLITS),
     ),
     "lfw": FormatSpec(
         detect=lambda root: (
@@ -403,9 +424,11 @@ classes ["no", "yes"] (file value -1 -> 0, 1 -> 1). `attributes=` replaces list_
                             rows "<Person Name><TAB><imagenum><TAB><73 values>"
 Row ("Aaron Eckhart", 1) is lfw_funneled/Aaron_Eckhart/Aaron_Eckhart_0001.jpg. Rows whose image is missing are
 skipped (a logged warning gives the count); images without a row are not used. Attributes: 73 continuous
-columns (regression). Splits "train" / "valid" / "test" by person (no one in two splits): a seeded hash of the
-name puts each person in train, valid or test with probability 0.7 / 0.1 / 0.2. Images in sorted path order,
-centre-cropped and resized (bicubic). `attributes=` replaces lfw_attributes.txt.""",
+columns (regression). Splits "train" / "valid" / "test" by person (no one in two splits): the people of the
+table, ordered by a seeded hash of the name, go 70 % / 10 % / 20 % (exactly, rounded) to train / valid / test.
+Images in sorted path order, centre-cropped and resized (data.resize). `attributes=` replaces
+lfw_attributes.txt.""",
+        splits=lambda root, attributes: list(LFW_SPLIT_FRACTIONS),
     ),
     "lmdb": FormatSpec(
         detect=lambda root: (root / "data.mdb").is_file(),
@@ -418,9 +441,13 @@ centre-cropped and resized (bicubic). `attributes=` replaces lfw_attributes.txt.
 <root>/list_attr_celeba.txt         optional (or `attributes=`; a .csv is an index,<names> table): CelebA
                                     attributes, record i = the i-th file name in sorted order
 <root>/list_eval_partition.txt      optional (or beside the `attributes=` file): "train"/"valid"/"test" by
-                                    that order; without it the whole LMDB is every split
-Images are centre-cropped and resized (bicubic); 178x218 images (raw aligned CelebA, diffae's celeba.lmdb)
+                                    that order; without it the only split is "train" (every record), and
+                                    "valid" / "test" are refused
+Images are centre-cropped and resized (data.resize); 178x218 images (raw aligned CelebA, diffae's celeba.lmdb)
 get the CelebA crop first. Needs the `lmdb` package.""",
+        splits=lambda root, attributes: (
+            list(CELEBA_SPLITS) if _lmdb_partition(root, attributes) is not None else ["train"]
+        ),
     ),
     "image-folder": FormatSpec(
         detect=lambda root: True,
@@ -429,8 +456,9 @@ get the CelebA crop first. Needs the `lmdb` package.""",
 <root>/**/*.png|jpg|jpeg|bmp|webp   every image, recursively (sorted relative paths, hidden files skipped)
 <root>/attributes.csv               optional: a "file" column (paths relative to the folder), numeric columns
 With train/, valid/, val/, validation/ or test/ sub-folders each is a split (each may hold attributes.csv);
-otherwise the whole folder is every split. Images are centre-cropped and resized (bicubic). FFHQ, LSUN
+otherwise the whole folder is every split. Images are centre-cropped and resized (data.resize). FFHQ, LSUN
 exported to files, and any other unlabelled set use this format.""",
+        splits=lambda root, attributes: [d for d in SPLIT_DIRS if (root / d).is_dir()] or ["train"],
     ),
 }
 
@@ -458,6 +486,8 @@ def open_dataset(
     resolution: int | None = None,
     attributes: str | Path | None = None,
     format: str | None = None,
+    resize: str = "bicubic",
+    skip_unreadable: bool = False,
 ) -> ImageDataset:
     """Open one split of the data set at ``path``; ``describe_formats()`` gives each format's layout.
 
@@ -466,6 +496,7 @@ def open_dataset(
     ``attributes``: a file replacing the data set's own attribute table (``index``-keyed CSV for
     ``diti-array``, ``file``-keyed CSV for image folders, ``list_attr_celeba.txt``-style for ``celeba`` and
     ``lmdb`` (or an ``index``-keyed CSV for ``lmdb``), ``lfw_attributes.txt``-style for ``lfw``).
+    ``resize`` (``bicubic`` | ``bilinear``) and ``skip_unreadable``: see ``diti.data.datasets``.
     """
     root = Path(path)
     if format is not None and format not in FORMATS:
@@ -476,5 +507,9 @@ def open_dataset(
         raise ValueError(f"a data set is a folder, got the file {root}")
     if resolution is not None and resolution < 1:
         raise ValueError(f"resolution must be >= 1, got {resolution}")
+    if resize not in RESIZE_FILTERS:
+        raise ValueError(f"unknown resize filter {resize!r}; expected one of {RESIZE_FILTERS}")
     fmt = format or detect_format(root)
-    return FORMATS[fmt].open(root, split, resolution, None if attributes is None else Path(attributes))
+    dataset = FORMATS[fmt].open(root, split, resolution, None if attributes is None else Path(attributes))
+    dataset.resize, dataset.skip_unreadable = resize, bool(skip_unreadable)
+    return dataset

@@ -5,6 +5,11 @@ eps' = eps_theta - sqrt(1 - abar_t) G(x_t, t, z~) with the per-t mask (``DiTiMod
 same time-step sequence in opposite directions, so decoding the inversion of x_0 gives x_0 back up to the
 usual DDIM inversion error (eps is evaluated at the source point of each step).
 
+``clip_x0`` (decoding only): at each step the predicted x_0 is clipped to [-1, 1] and the step's eps is
+re-derived from the clipped x_0, as every official sampler does. Where the prediction already lies in
+[-1, 1] the clipped step equals the plain one. Inversion never clips: it must stay the exact reverse walk of
+the unclipped decoder. diti's default is no clipping (``--clip-x0`` on the commands that decode).
+
 We write the update ourselves instead of using diffusers' DDIMScheduler/DDIMInverseScheduler because the two
 directions must pair exactly the same (t, t') steps, from the clean image (abar_{-1} = 1) to t = T - 1 and
 back, which those schedulers' step offsets and final-alpha conventions do not guarantee.
@@ -31,9 +36,17 @@ def ddim_timesteps(timesteps: int, num_steps: int) -> list[int]:
     return sorted({round(i * (timesteps - 1) / (num_steps - 1)) for i in range(num_steps)})
 
 
-def _step(x: torch.Tensor, eps: torch.Tensor, abar_from: float, abar_to: float) -> torch.Tensor:
-    """x_from -> x_to along the deterministic DDIM path: predict x_0, re-noise it with the same eps."""
+def _step(
+    x: torch.Tensor, eps: torch.Tensor, abar_from: float, abar_to: float, clip_x0: bool = False
+) -> torch.Tensor:
+    """x_from -> x_to along the deterministic DDIM path: predict x_0, re-noise it with the same eps.
+
+    ``clip_x0``: clip the predicted x_0 to [-1, 1] and use the eps that points from x to the clipped x_0.
+    """
     x0 = (x - (1 - abar_from) ** 0.5 * eps) / abar_from**0.5
+    if clip_x0:
+        x0 = x0.clamp(-1.0, 1.0)
+        eps = (x - abar_from**0.5 * x0) / (1 - abar_from) ** 0.5
     return abar_to**0.5 * x0 + (1 - abar_to) ** 0.5 * eps
 
 
@@ -60,13 +73,17 @@ def ddim_invert(
 
 @torch.no_grad()
 def ddim_sample(
-    eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, num_steps: int = 100, progress: bool = False
+    eps_fn: EpsFn, schedule: NoiseSchedule, x_T: torch.Tensor, num_steps: int = 100, progress: bool = False,
+    clip_x0: bool = False,
 ) -> torch.Tensor:
-    """x_{T-1} -> x_0: deterministic DDIM decoding of x_T (B, C, H, W). Output is not clipped."""
+    """x_{T-1} -> x_0: deterministic DDIM decoding of x_T (B, C, H, W).
+
+    ``clip_x0``: clip the predicted x_0 to [-1, 1] at every step (the official samplers' behaviour; the output
+    then lies in [-1, 1]). Without it nothing is clipped."""
     seq = ddim_timesteps(schedule.timesteps, num_steps)
     x = x_T
     for i in tqdm(range(len(seq) - 1, -1, -1), desc="DDIM decoding", disable=not progress, leave=False):
         t, prev = seq[i], (seq[i - 1] if i > 0 else -1)
         eps = eps_fn(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
-        x = _step(x, eps.float(), _abar(schedule, t), _abar(schedule, prev))
+        x = _step(x, eps.float(), _abar(schedule, t), _abar(schedule, prev), clip_x0)
     return x

@@ -10,11 +10,13 @@ from .schedule import NoiseSchedule, extract
 
 
 class LossOutput(NamedTuple):
-    """mean: scalar to backpropagate; per_sample: (B,); t: (B,) the time-steps they were drawn at."""
+    """mean: scalar to backpropagate; per_sample: (B,); t: (B,) the time-steps they were drawn at;
+    baseline: (B,) the same loss with no shift (the frozen DM alone), where the objective has one."""
 
     mean: torch.Tensor
     per_sample: torch.Tensor
     t: torch.Tensor
+    baseline: torch.Tensor | None = None
 
 
 def ddpm_per_sample(eps_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -30,7 +32,7 @@ def shift_per_sample(
     t: torch.Tensor,
     weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """PDAE's posterior-mean-gap loss per sample (PAPER.md, "Training"):
+    """PDAE's posterior-mean-gap loss per sample (docs/method.md, "Training"):
 
     lambda(t) * mean_pixels (eps - (eps_theta(x_t, t) + c(t) G(x_t, t, z~)))^2   -> (B,)
 

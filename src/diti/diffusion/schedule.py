@@ -1,6 +1,6 @@
 """The DDPM noise schedule and the DiTi/PDAE coefficients c(t) and lambda(t).
 
-Symbols (PAPER.md, "Training"):
+Symbols (docs/method.md, "Training"):
 
 | code            | paper                                   |
 | --------------- | --------------------------------------- |

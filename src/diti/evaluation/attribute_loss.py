@@ -1,6 +1,6 @@
 """Attribute loss vs time-step: the paper's Err(x_0, y_0, t), measured with the frozen DM.
 
-PAPER.md, "Attribute loss vs time-step": for two images x_0, y_0 that differ in exactly one attribute,
+docs/evaluation.md (attribute loss vs time-step): for two images x_0, y_0 that differ in exactly one attribute,
 
     Err(x_0, y_0, t) = 1/2 [ P(||x^_0 - x_0|| > ||x^_0 - y_0||) + P(||y^_0 - x_0|| < ||y^_0 - y_0||) ],
 

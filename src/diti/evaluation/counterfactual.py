@@ -1,4 +1,4 @@
-"""Counterfactual generation: edit chosen dims of z, decode with DDIM (PAPER.md, "Counterfactual generation").
+"""Counterfactual generation: edit chosen dims of z, decode with DDIM (docs/evaluation.md).
 
 The protocol, for a source image a and a reference image b:
 
@@ -6,7 +6,8 @@ The protocol, for a source image a and a reference image b:
    included) to x_T(a), x_T(b).
 2. For each alpha, z_alpha = z_a outside the selected dims and (1 - alpha) z_a + alpha z_b on them.
 3. x_T is either kept (x_T(a)) or slerped, slerp(x_T(a), x_T(b), alpha) with the same alpha.
-4. Decode x_T with DDIM and eps_fn(z_alpha).
+4. Decode x_T with DDIM and eps_fn(z_alpha); with ``clip_x0`` every decoding step clips its predicted x_0 to
+   [-1, 1] (the official samplers' behaviour; off by default). Inversion never clips.
 
 ``mode="interpolate"`` runs the given alphas; ``mode="swap"`` is the single alpha 1: the selected dims are
 replaced by b's (and x_T, when slerped, is b's). alpha 0 with a kept x_T is exactly the DDIM reconstruction of
@@ -190,8 +191,11 @@ def decode(
     num_steps: int = 100,
     batch_size: int | None = None,
     progress: bool = False,
+    clip_x0: bool = False,
 ) -> torch.Tensor:
-    """DDIM decoding of x_T (N, C, R, R) with eps_fn(z), z (N, d); ``batch_size`` None = one batch."""
+    """DDIM decoding of x_T (N, C, R, R) with eps_fn(z), z (N, d); ``batch_size`` None = one batch.
+
+    ``clip_x0``: clip the predicted x_0 to [-1, 1] at every step (``ddim_sample``)."""
     if len(z) != len(x_T):
         raise ValueError(f"{len(z)} codes for {len(x_T)} noise maps")
     step = batch_size or max(len(z), 1)
@@ -205,16 +209,19 @@ def decode(
                 x_T[s : s + step],
                 num_steps,
                 progress=progress and len(starts) == 1,
+                clip_x0=clip_x0,
             )
         )
     return torch.cat(out)
 
 
 @torch.no_grad()
-def reconstruct(model, x0: torch.Tensor, num_steps: int = 100, progress: bool = False) -> torch.Tensor:
-    """The plain DDIM reconstruction of x0: invert and decode with its own code."""
+def reconstruct(
+    model, x0: torch.Tensor, num_steps: int = 100, progress: bool = False, clip_x0: bool = False
+) -> torch.Tensor:
+    """The plain DDIM reconstruction of x0: invert and decode with its own code (``clip_x0``: see ``decode``)."""
     z, x_T = invert(model, x0, num_steps, progress)
-    return decode(model, z, x_T, num_steps, progress=progress)
+    return decode(model, z, x_T, num_steps, progress=progress, clip_x0=clip_x0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -246,6 +253,7 @@ def counterfactual_grid(
     x_T: str = "keep",
     num_steps: int = 100,
     progress: bool = False,
+    clip_x0: bool = False,
 ) -> dict:
     """Counterfactuals of a toward b on the dims ``dims_mask`` (d,) bool (see the module docstring).
 
@@ -253,7 +261,8 @@ def counterfactual_grid(
     batch and each alpha is decoded as one batch of the B pairs, exactly as ``reconstruct`` does, so alpha 0
     with x_T kept is bit-identical to ``reconstruct(model, x_a)``. Returns a dict:
 
-    - ``images``: (B, n, C, R, R), n = number of alphas ((n, C, R, R) for single images), not clipped;
+    - ``images``: (B, n, C, R, R), n = number of alphas ((n, C, R, R) for single images), clipped to [-1, 1]
+      only with ``clip_x0``;
       ``labels``: n column labels; ``alphas``: the alphas used (``(1.0,)`` for a swap);
     - ``reconstruction``: the plain DDIM reconstruction of a (alpha 0 with x_T kept), same shape as x_a;
     - ``z_a``, ``z_b`` (B, d), ``x_T_a``, ``x_T_b`` (B, C, R, R): the codes and inversions.
@@ -271,10 +280,10 @@ def counterfactual_grid(
     columns = []
     for a, z in zip(tqdm(alphas, desc="alphas", disable=not progress, leave=False), codes, strict=True):
         noise = xT_a if x_T == "keep" else slerp(xT_a, xT_b, a)
-        columns.append(decode(model, z, noise, num_steps))
+        columns.append(decode(model, z, noise, num_steps, clip_x0=clip_x0))
     images = torch.stack(columns, dim=1)  # (B, n, C, R, R)
     recon_col = next((i for i, a in enumerate(alphas) if a == 0.0), None) if x_T == "keep" else None
-    recon = images[:, recon_col] if recon_col is not None else decode(model, z_a, xT_a, num_steps)
+    recon = images[:, recon_col] if recon_col is not None else decode(model, z_a, xT_a, num_steps, clip_x0=clip_x0)
     return {
         "images": images[0] if single else images,
         "labels": [_alpha_label(mode, a) for a in alphas],
@@ -303,6 +312,7 @@ def counterfactual_figure(
     cell: int = 64,
     title: str | None = None,
     progress: bool = False,
+    clip_x0: bool = False,
 ) -> Path:
     """The standard figure: for each pair (x_a[p], x_b[p]) and each dim group, a row a -> b.
 
@@ -335,6 +345,7 @@ def counterfactual_figure(
         num_steps,
         batch_size,
         progress,
+        clip_x0=clip_x0,
     )
     out = out.reshape(n_g, n_a, b, *out.shape[1:])
 
@@ -346,7 +357,8 @@ def counterfactual_figure(
     col_labels = ["a", *(_alpha_label(mode, a) for a in alphas), "b"]
     if title is None:
         kind = "PDAE (k=1)" if part.k == 1 else f"DiTi (k={part.k}, {part.num_stages} stage(s))"
-        title = f"{kind}: {mode} z dims of a toward b, x_T {x_T}, {num_steps} DDIM steps"
+        title = f"{kind}: {mode} z dims of a toward b, x_T {x_T}, {num_steps} DDIM steps" + (
+            ", x0 clipped" if clip_x0 else "")
     images = torch.stack([c.float().cpu() for c in cells])
     return save_image_grid(
         path, images, n_a + 2, row_labels=row_labels, col_labels=col_labels, cell=cell, title=title

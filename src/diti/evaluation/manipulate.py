@@ -1,4 +1,4 @@
-"""Attribute manipulation with ProbMask (PAPER.md, "Attribute manipulation").
+"""Attribute manipulation with ProbMask (docs/evaluation.md).
 
 A linear classifier of one binary attribute on standardised codes u = (z - mean) / std, restricted to a
 learned sparse mask of d' dims; an edit moves z along the classifier's direction inside the mask and decodes
@@ -250,17 +250,19 @@ def manipulation_grid(
     strengths: Sequence[float] = DEFAULT_STRENGTHS,
     num_steps: int = 100,
     progress: bool = False,
+    clip_x0: bool = False,
 ) -> dict:
     """Edit ``images`` (B, C, R, R) along the ProbMask direction and decode from each image's own x_T.
 
-    Each strength is decoded as one batch of the B images (lambda 0 is the plain DDIM reconstruction). Returns
+    Each strength is decoded as one batch of the B images (lambda 0 is the plain DDIM reconstruction);
+    ``clip_x0`` clips the predicted x_0 to [-1, 1] at every decoding step (never in the inversion). Returns
     ``images`` (B, n, C, R, R), ``labels`` (n), ``strengths``, ``logits`` (n, B) of the edited codes and
     ``z`` (B, d).
     """
     z, x_T = invert(model, images, num_steps, progress)
     codes = edit_codes(z, result, strengths)  # (n, B, d)
     columns = [
-        decode(model, c, x_T, num_steps)
+        decode(model, c, x_T, num_steps, clip_x0=clip_x0)
         for c in tqdm(codes, desc="strengths", disable=not progress, leave=False)
     ]
     return {
@@ -282,9 +284,10 @@ def manipulation_figure(
     attribute: str | None = None,
     cell: int = 64,
     progress: bool = False,
+    clip_x0: bool = False,
 ) -> Path:
     """One row per image: the real image, then its edits at each strength. Saves a PNG at ``path``."""
-    out = manipulation_grid(model, images, result, strengths, num_steps, progress)
+    out = manipulation_grid(model, images, result, strengths, num_steps, progress, clip_x0)
     cells = []
     for i in range(len(images)):
         cells += [images[i].float().cpu(), *out["images"][i].float().cpu()]
@@ -293,7 +296,7 @@ def manipulation_figure(
     what = attribute or result.target
     title = (
         f"ProbMask edit of {what} (d'={result.d_prime}, held-out acc {result.accuracy:.2f}), "
-        f"{num_steps} DDIM steps"
+        f"{num_steps} DDIM steps" + (", x0 clipped" if clip_x0 else "")
     )
     return save_image_grid(
         path,

@@ -258,6 +258,8 @@ def _overview(infos: Sequence[RunInfo]) -> str:
         ("latent dim d", lambda i: cfg(i, lambda c: c.partition.latent_dim)),
         ("chunks k", lambda i: cfg(i, lambda c: c.partition.k)),
         ("partition mode", lambda i: cfg(i, lambda c: c.partition.mode)),
+        ("decoder init", lambda i: cfg(i, lambda c: c.decoder.init)),
+        ("encoder init", lambda i: cfg(i, lambda c: c.encoder.init)),
         ("steps (config)", lambda i: cfg(i, lambda c: c.train.steps)),
         ("batch size", lambda i: cfg(i, lambda c: c.train.batch_size)),
         ("lr", lambda i: cfg(i, lambda c: c.train.lr)),

@@ -131,49 +131,127 @@ def probe_run(
     return result
 
 
-def disentangle_features(
-    train: tuple[np.ndarray, Attributes], test: tuple[np.ndarray, Attributes], partition, max_train: int | None = 2000,
-    max_groups: int = 5, seed: int = 0, progress: bool = True, **probe_kwargs,
-) -> dict:
-    """DCI, MIG, FactorVAE and the partition-attribute alignment of codes with known categorical factors.
+def chunk_groups(partition, reference=None, num_slices: int = 8) -> list:
+    """The dim groups of the chunk-level metrics, as ``DimGroup``s (label, dim range, t-range).
 
-    Alignment: for each factor, the share of its DCI importance held by each chunk and by each dim group
-    (partition stages; chunk groups for a one-stage partition; equal dim slices for PDAE), and the probe
-    accuracy from each group's dims alone.
+    ``reference``: the partition of the run this code is compared with (PDAE measured on the chunks of the
+    DiTi run beside it); it must have the same latent dim. Otherwise the partition's own chunks, or, for
+    k = 1 with no reference, ``num_slices`` equal slices of z (arbitrary for PDAE, whose dims act at every t).
+    Chunks without dims are left out.
+    """
+    from .counterfactual import DimGroup
+
+    source = reference if reference is not None else partition
+    if reference is not None and reference.latent_dim != partition.latent_dim:
+        raise ValueError(f"the reference partition has d = {reference.latent_dim} but the code has "
+                         f"d = {partition.latent_dim}")
+    if source.k == 1:
+        d = source.latent_dim
+        n = min(d, num_slices)
+        return [DimGroup(f"slice {g}: dims {int(dims[0])}-{int(dims[-1])} (k=1, all t)",
+                         (int(dims[0]), int(dims[-1]) + 1), None)
+                for g, dims in enumerate(np.array_split(np.arange(d), n))]
+    groups = []
+    for i, ((lo, hi), (t0, t1)) in enumerate(zip(source.chunk_dim_ranges, source.chunk_t_ranges, strict=True)):
+        if hi > lo:
+            groups.append(DimGroup(f"chunk {i}: t {t0}-{t1}, dims {lo}-{hi - 1}", (lo, hi), (t0, t1)))
+    return groups
+
+
+def disentangle_features(
+    train: tuple[np.ndarray, Attributes], test: tuple[np.ndarray, Attributes], partition,
+    protocol="reference", reference_partition=None, max_groups: int = 5, seed: int = 0,
+    progress: bool = True, n_jobs: int | None = None, with_dci: bool = True, **probe_kwargs,
+) -> dict:
+    """DCI, MIG, FactorVAE, their chunk- and stage-level versions, and the partition-attribute alignment.
+
+    ``with_dci=False`` computes MIG and FactorVAE only (DCI's classifiers dominate the cost); the DCI, chunk
+    level and alignment entries are then None.
+
+    ``protocol``: the sample counts, a name in ``disentanglement.PROTOCOLS`` ("reference" is
+    disentanglement_lib's) or a ``Protocol``.
+    DCI's classifiers are fitted on training codes and scored on test codes; MIG and FactorVAE use the
+    training codes (the larger pool, as disentanglement_lib draws all three from one data set).
+    Chunk level: the DCI importance summed over each chunk's dims (``chunk_groups``; PDAE with
+    ``reference_partition`` on that run's chunks) and over each stage (``dim_groups``: partition stages, chunk
+    groups for a one-stage partition), with DCI D and C computed over those groups. Alignment: each factor's
+    share of importance per stage group and per chunk, and the probe accuracy from each stage group's dims.
     """
     from .counterfactual import dim_groups
-    from .disentanglement import alignment, dci, factor_vae_score, mig
+    from .disentanglement import (
+        Protocol,
+        alignment,
+        dci,
+        factor_vae_score,
+        get_protocol,
+        grouped_dci,
+        mig,
+        subsample_rows,
+    )
 
+    proto = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
     (z_tr, a_tr), (z_te, a_te) = train, test
     if a_tr is None or a_te is None:
         raise ValueError("disentanglement metrics need the known factors of the train and test images")
+    if z_tr.shape[1] != partition.latent_dim:
+        raise ValueError(f"the codes have {z_tr.shape[1]} dims but the partition has d = {partition.latent_dim}")
     categorical = [i for i in range(len(a_tr.names)) if a_tr.is_categorical(i)]
     if not categorical:
         raise ValueError("disentanglement metrics need categorical factors; this attribute table has none")
     names = [a_tr.names[i] for i in categorical]
     f_tr, f_te = np.asarray(a_tr.values)[:, categorical], np.asarray(a_te.values)[:, categorical]
-    d = dci(z_tr, f_tr, z_te, f_te, seed=seed, progress=progress, max_train=max_train)
-    groups = dim_groups(partition, max_groups)
-    group_ranges = [g.dim_range for g in groups if g.dim_range[1] > g.dim_range[0]]
-    group_labels = [g.label for g in groups if g.dim_range[1] > g.dim_range[0]]
-    chunk_ranges = [r for r in partition.chunk_dim_ranges if r[1] > r[0]]
-    group_probe = np.zeros((len(group_ranges), len(names)))
-    for g, (lo, hi) in enumerate(group_ranges):
+    rows = subsample_rows(len(z_tr), proto.mig_max_rows, seed)
+    mig_result = mig(z_tr[rows], f_tr[rows])
+    fv = factor_vae_score(z_tr, f_tr, seed=seed, batch_size=proto.factor_vae_batch,
+                          num_train_votes=proto.factor_vae_train_votes, num_eval_votes=proto.factor_vae_eval_votes,
+                          num_variance_rows=proto.factor_vae_variance_rows)
+    common = {"factors": names, "mig": mig_result.to_dict(), "factor_vae": fv.to_dict()}
+    used = {**proto.to_dict(), "mig_rows": int(len(rows)), "mig_split": "train", "factor_vae_split": "train",
+            "seed": seed}
+    if not with_dci:
+        return {"protocol": {**used, "dci": "not computed"}, **common, "num_train": None, "dci": None,
+                "importance": None, "chunk_level": None, "alignment": None}
+    d = dci(z_tr, f_tr, z_te, f_te, seed=seed, progress=progress, max_train=proto.dci_max_train,
+            max_test=proto.dci_max_test, n_jobs=n_jobs)
+
+    layout = reference_partition if reference_partition is not None else partition
+    stages = [g for g in dim_groups(layout, max_groups) if g.dim_range[1] > g.dim_range[0]]
+    chunks = chunk_groups(partition, reference_partition)
+    stage_ranges, chunk_ranges = [g.dim_range for g in stages], [g.dim_range for g in chunks]
+    group_probe = np.zeros((len(stages), len(names)))
+    for g, (lo, hi) in enumerate(stage_ranges):
         res = linear_probe((z_tr[:, lo:hi], f_tr), (z_te[:, lo:hi], f_te), "multiclass", names=names, seed=seed,
                            **probe_kwargs)
         group_probe[g] = [res.per_attribute[n]["accuracy"] for n in names]
+    chunk_level = grouped_dci(d.importance, chunk_ranges)
+    stage_level = grouped_dci(d.importance, stage_ranges)
     return {
-        "factors": names,
-        "num_train": int(min(len(z_tr), max_train or len(z_tr))),
+        "protocol": {**used, "dci_train_rows": d.num_train, "dci_test_rows": d.num_test,
+                     "gbt_seeding": f"GradientBoostingClassifier(random_state={seed}) for every factor"},
+        **common,
+        "num_train": d.num_train,
         "dci": {k: v for k, v in d.to_dict().items() if k != "importance"},
         "importance": d.importance.tolist(),
-        "mig": mig(z_te, f_te).to_dict(),
-        "factor_vae": factor_vae_score(z_te, f_te, seed=seed).to_dict(),
+        "chunk_level": {
+            "source": ("chunks of the reference partition" if reference_partition is not None and layout.k > 1
+                       else "the partition's chunks" if layout.k > 1 else "equal slices of z (k = 1)"),
+            "chunk_labels": [g.label for g in chunks],
+            "chunk_dim_ranges": [list(r) for r in chunk_ranges],
+            "chunk_importance": chunk_level["importance"],
+            "disentanglement": chunk_level["disentanglement"],
+            "completeness": chunk_level["completeness"],
+            "stage_labels": [g.label for g in stages],
+            "stage_dim_ranges": [list(r) for r in stage_ranges],
+            "stage_importance": stage_level["importance"],
+            "stage_disentanglement": stage_level["disentanglement"],
+            "stage_completeness": stage_level["completeness"],
+        },
         "alignment": {
-            "group_labels": group_labels,
-            "group_dim_ranges": [list(r) for r in group_ranges],
-            "group_importance_share": alignment(d.importance, group_ranges).tolist(),
+            "group_labels": [g.label for g in stages],
+            "group_dim_ranges": [list(r) for r in stage_ranges],
+            "group_importance_share": alignment(d.importance, stage_ranges).tolist(),
             "group_probe_accuracy": group_probe.tolist(),
+            "chunk_labels": [g.label for g in chunks],
             "chunk_dim_ranges": [list(r) for r in chunk_ranges],
             "chunk_importance_share": alignment(d.importance, chunk_ranges).tolist(),
         },
@@ -205,28 +283,82 @@ def plot_alignment(result: dict, path: Path, title: str) -> Path:
     return path
 
 
+def partition_of(source: str | Path, latent_dim: int | None = None):
+    """The partition recorded by a run folder (its config.yaml) or a YAML config file."""
+    from ..config import DiTiConfig, build_config
+
+    source = Path(source)
+    config = source / "config.yaml" if source.is_dir() else source
+    if not config.is_file():
+        raise FileNotFoundError(f"no config found at {config} (give a run folder or a YAML config)")
+    cfg = build_config(DiTiConfig, None, config, [])
+    part = cfg.partition.build(cfg.diffusion.timesteps)
+    if latent_dim is not None and part.latent_dim != latent_dim:
+        raise ValueError(f"{source} has a partition of d = {part.latent_dim}, the codes have {latent_dim} dims")
+    return part
+
+
+def write_disentangle(result: dict, out: Path, title: str) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "disentangle.json").write_text(json.dumps(result, indent=2))
+    plot_alignment(result, out / "alignment.png", title)
+    return result
+
+
 def disentangle_run(
     run: str | Path, data: str | Path, train_split: str = "train", test_split: str = "test",
-    device: str | torch.device = "cpu", progress: bool = True, **kwargs,
+    device: str | torch.device = "cpu", progress: bool = True, reference: str | Path | None = None, **kwargs,
 ) -> dict:
-    """disentangle_features on the run's codes; writes RUN/eval/disentangle.json and alignment.png."""
+    """disentangle_features on the run's codes; writes RUN/eval/disentangle.json and alignment.png.
+
+    ``reference``: a run (or config) whose partition gives the dim groups of the chunk-level metrics (for a
+    PDAE run compared with a DiTi run).
+    """
     from ..training.jobs import load_diti_run
 
     model, cfg = load_diti_run(run, device=device)
     train = run_features(model, cfg, run, data, train_split, device, progress=progress)
     test = run_features(model, cfg, run, data, test_split, device, progress=progress)
-    result = disentangle_features(train, test, model.partition, progress=progress, **kwargs)
-    out = eval_dir(run)
-    (out / "disentangle.json").write_text(json.dumps(result, indent=2))
-    plot_alignment(result, out / "alignment.png", Path(run).name)
-    return result
+    ref = partition_of(reference, model.partition.latent_dim) if reference is not None else None
+    result = disentangle_features(train, test, model.partition, reference_partition=ref, progress=progress, **kwargs)
+    return write_disentangle(result, eval_dir(run), Path(run).name)
+
+
+def disentangle_saved(
+    features: str | Path, test_features: str | Path, out: str | Path, partition: str | Path | None = None,
+    reference: str | Path | None = None, progress: bool = True, **kwargs,
+) -> dict:
+    """disentangle_features on saved codes (``diti encode`` files: .npy + attribute table), from any model.
+
+    ``partition``: the run or config whose partition the codes follow (default: one chunk, k = 1, like PDAE);
+    ``reference``: as in ``disentangle_run``. Writes OUT/disentangle.json and OUT/alignment.png.
+    """
+    from ..partition import Partition
+
+    train, test = load_features(features), load_features(test_features)
+    if train[0].shape[1] != test[0].shape[1]:
+        raise ValueError(f"{features} has {train[0].shape[1]} dims but {test_features} has {test[0].shape[1]}")
+    d = train[0].shape[1]
+    part = partition_of(partition, d) if partition is not None else Partition(d, 1, 1000)
+    ref = partition_of(reference, d) if reference is not None else None
+    result = disentangle_features(train, test, part, reference_partition=ref, progress=progress, **kwargs)
+    result["features"] = {"train": str(features), "test": str(test_features),
+                          "partition": str(partition) if partition is not None else "k = 1 (none given)"}
+    return write_disentangle(result, Path(out), Path(features).stem)
 
 
 def format_disentangle(result: dict) -> str:
-    dci_, mig_, fv = result["dci"], result["mig"], result["factor_vae"]
+    dci_, mig_, fv, proto = result["dci"], result["mig"], result["factor_vae"], result["protocol"]
+    cl = result["chunk_level"]
+    chunk_c = "n/a (one group)" if cl["completeness"] is None else f"{cl['completeness']:.4f}"
     lines = [
+        f"protocol {proto['name']}: GBT fitted on {proto['dci_train_rows']} train codes, scored on "
+        f"{proto['dci_test_rows']} test codes; MIG on {proto['mig_rows']} train codes; FactorVAE "
+        f"{proto['factor_vae_train_votes']}/{proto['factor_vae_eval_votes']} votes",
         f"DCI disentanglement {dci_['disentanglement']:.4f}  completeness {dci_['completeness']:.4f}  "
-        f"informativeness (test acc) {dci_['informativeness_test']:.4f}   (GBT on {result['num_train']} codes)",
+        f"informativeness (test acc) {dci_['informativeness_test']:.4f}",
+        f"chunk level ({len(cl['chunk_labels'])} groups, {cl['source']}): disentanglement "
+        f"{cl['disentanglement']:.4f}  completeness {chunk_c}",
         f"MIG {mig_['mig']:.4f}   FactorVAE score {fv['eval_accuracy']:.4f} ({fv['num_active_dims']} active dims)",
         "",
         "share of each factor's importance held by each dim group (rows) / probe accuracy from the group alone:",

@@ -40,6 +40,8 @@ import torch
 import yaml
 from diffusers import DDPMScheduler, UNet2DModel
 
+from .dm import set_attention_heads, write_attention_heads
+
 # PDAE's UNet takes its own argument names; they mean exactly guided-diffusion's.
 _PDAE_NAMES = {
     "input_channel": "in_channels",
@@ -354,9 +356,17 @@ def _int_list(value: Any, key: str) -> tuple[int, ...]:
 
 
 def unet2d_config(spec: GuidedUNetSpec) -> dict[str, Any]:
-    """The UNet2DModel constructor arguments that reproduce ``spec`` operation for operation."""
+    """The UNet2DModel constructor arguments that reproduce ``spec`` operation for operation, with
+    ``attention_heads(spec)`` set on the built model where the layers' head widths differ."""
     levels = len(spec.channel_mult)
-    attention_head_dim = _attention_head_dim(spec)
+    layers = _attention_layers(spec).values()
+    head_dims = {ch // heads for ch, heads in layers}
+    if all(heads == 1 for _, heads in layers) or len(head_dims) > 1:
+        # None: one head per layer, whatever its width. Different head widths: the real per-layer heads are
+        # set after building (attention_heads(spec), written to attention_heads.json)
+        attention_head_dim = None
+    else:
+        attention_head_dim = head_dims.pop()
     if spec.resblock_updown:
         # Plain DownBlock2D / UpBlock2D always resample with a conv; these two resample with a ResBlock.
         plain_down, plain_up = "ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D"
@@ -391,30 +401,30 @@ def unet2d_config(spec: GuidedUNetSpec) -> dict[str, Any]:
     }
 
 
-def _attention_head_dim(spec: GuidedUNetSpec) -> int | None:
-    """UNet2DModel has one ``attention_head_dim`` for every attention layer; check one fits them all.
-
-    None means "head dim = channels", i.e. one head per layer, whatever the layer's width.
-    """
+def _attention_layers(spec: GuidedUNetSpec) -> dict[str, tuple[int, int]]:
+    """diffusers attention module name -> (channels, heads) of every AttentionBlock of ``spec``."""
     levels = len(spec.channel_mult)
-    layers = [(spec.channels(levels - 1), spec.heads(spec.channels(levels - 1)))]  # middle block
-    for level in range(levels):
-        if spec.has_attention(level):
-            ch = spec.channels(level)
-            layers += [(ch, spec.heads(ch)), (ch, spec.heads(ch, upsample=True))]
-    for ch, heads in layers:
+    layers = {}
+    for _, dp, kind, heads in _module_pairs(spec):
+        if kind == "attn":
+            level = levels - 1 if dp.startswith("mid_block") else int(dp.split(".")[1])
+            if dp.startswith("up_blocks"):
+                level = levels - 1 - level
+            layers[dp] = (spec.channels(level), heads)
+    for name, (ch, heads) in layers.items():
         if heads < 1 or ch % heads:
-            raise ValueError(f"an attention layer over {ch} channels cannot have {heads} heads")
-    if all(heads == 1 for _, heads in layers):
-        return None
-    head_dims = {ch // heads for ch, heads in layers}
-    if len(head_dims) > 1:
-        raise ValueError(
-            f"num_heads={spec.num_heads} (num_heads_upsample={spec.num_heads_upsample}) gives head widths "
-            f"{sorted(head_dims)} across attention layers (channels, heads) {sorted(set(layers))}; "
-            "UNet2DModel has one attention_head_dim for all of them"
-        )
-    return head_dims.pop()
+            raise ValueError(f"an attention layer over {ch} channels cannot have {heads} heads ({name})")
+    return layers
+
+
+def attention_heads(spec: GuidedUNetSpec) -> dict[str, int]:
+    """The heads of every attention layer when the layers do not share one head width (guided-diffusion's
+    fixed ``num_heads`` > 1 over levels of different width), else {} (the config's attention_head_dim says
+    it all)."""
+    layers = _attention_layers(spec)
+    if all(heads == 1 for _, heads in layers.values()) or len({ch // h for ch, h in layers.values()}) == 1:
+        return {}
+    return {name: heads for name, (_, heads) in layers.items()}
 
 
 def _module_pairs(spec: GuidedUNetSpec) -> list[tuple[str, str, str, int]]:
@@ -603,10 +613,30 @@ def load_guided_state_dict(checkpoint: Path | str) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
+def guided_to_unet2d(
+    state: dict[str, torch.Tensor], config: Path | dict, *, drop_learned_sigma: bool = False
+) -> UNet2DModel:
+    """The UNet2DModel (per-layer attention heads set) holding a guided-diffusion state dict described by
+    ``config`` (see :func:`read_guided_config`); ValueError when any weight cannot be mapped."""
+    spec, _ = read_guided_config(config, learned_sigma_ok=drop_learned_sigma)
+    state = dict(state)
+    if spec.out_channels == 2 * spec.in_channels:
+        for param in ("weight", "bias"):
+            if f"out.2.{param}" in state:
+                state[f"out.2.{param}"] = state[f"out.2.{param}"][: spec.in_channels]
+    unet = UNet2DModel(**unet2d_config(spec))
+    heads = attention_heads(spec)
+    if heads:
+        set_attention_heads(unet, heads)
+    unet.load_state_dict(map_guided_state_dict(state, spec, unet), strict=True)
+    return unet
+
+
 def convert_guided_dm(
     checkpoint: Path, config: Path | dict | None, out: Path, *, drop_learned_sigma: bool = False
 ) -> Path:
-    """Write ``out`` as a diffusers UNet2DModel folder (safetensors) + ``scheduler_config.json``.
+    """Write ``out`` as a diffusers UNet2DModel folder (safetensors) + ``scheduler_config.json``, and
+    ``attention_heads.json`` when the attention layers' head widths differ (``load_dm`` restores them).
 
     ``config`` is the DM's ``config.yml`` (or its parsed dict); None means ``config.yml`` beside the
     checkpoint, PDAE's ``pre-trained-dpms/<name>/`` layout. See :func:`read_guided_config` for the keys.
@@ -619,16 +649,10 @@ def convert_guided_dm(
         config = checkpoint.parent / "config.yml"
         if not config.is_file():
             raise ValueError(f"no config given and no config.yml beside {checkpoint}")
-    spec, schedule = read_guided_config(config, learned_sigma_ok=drop_learned_sigma)
-    state = load_guided_state_dict(checkpoint)
-    if spec.out_channels == 2 * spec.in_channels:
-        for param in ("weight", "bias"):
-            if f"out.2.{param}" in state:
-                state[f"out.2.{param}"] = state[f"out.2.{param}"][: spec.in_channels]
-
-    unet = UNet2DModel(**unet2d_config(spec))
-    unet.load_state_dict(map_guided_state_dict(state, spec, unet), strict=True)
+    _, schedule = read_guided_config(config, learned_sigma_ok=drop_learned_sigma)
+    unet = guided_to_unet2d(load_guided_state_dict(checkpoint), config, drop_learned_sigma=drop_learned_sigma)
     unet.save_pretrained(out, safe_serialization=True)
+    write_attention_heads(unet, out)
     DDPMScheduler(
         num_train_timesteps=schedule.timesteps,
         beta_start=schedule.beta_start,

@@ -13,7 +13,7 @@ from diffusers import UNet2DModel
 from torch import nn
 
 from ..config.schema import DiTiConfig
-from ..diffusion.losses import LossOutput, shift_per_sample, timestep_weights
+from ..diffusion.losses import LossOutput, ddpm_per_sample, shift_per_sample, timestep_weights
 from ..diffusion.schedule import NoiseSchedule, extract
 from ..partition import Partition
 from .dm import dm_resolution
@@ -31,6 +31,7 @@ class DiTiModel(nn.Module):
         mode: str = "stop_grad",
         z_embed_dim: int | None = None,
         weighting: str = "official",
+        decoder_init: str = "dm_copy",
     ):
         super().__init__()
         if mode not in ("base", "stop_grad", "dual"):
@@ -40,7 +41,7 @@ class DiTiModel(nn.Module):
         if encoder.latent_dim != partition.latent_dim:
             raise ValueError(f"encoder gives d={encoder.latent_dim} but the partition has d={partition.latent_dim}")
         self.encoder = encoder
-        self.decoder = ShiftDecoder(dm, partition.latent_dim, z_embed_dim)
+        self.decoder = ShiftDecoder(dm, partition.latent_dim, z_embed_dim, decoder_init)
         self.schedule = schedule
         self.partition = partition
         self.mode = mode
@@ -61,9 +62,11 @@ class DiTiModel(nn.Module):
             attn_resolutions=cfg.encoder.attn_resolutions,
             norm_groups=cfg.encoder.norm_groups,
             attn_heads=cfg.encoder.attn_heads,
+            init=cfg.encoder.init,
         )
         partition = cfg.partition.build(cfg.diffusion.timesteps)
-        return cls(dm, encoder, partition, schedule, cfg.partition.mode, cfg.decoder.z_embed_dim, cfg.objective.weighting)
+        return cls(dm, encoder, partition, schedule, cfg.partition.mode, cfg.decoder.z_embed_dim, cfg.objective.weighting,
+                   cfg.decoder.init)
 
     # ------------------------------------------------------------------------------------------------
     @property
@@ -104,22 +107,34 @@ class DiTiModel(nn.Module):
         return self.encoder(x0)
 
     def forward(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> LossOutput:
-        """The DiTi loss for a batch x0 (B, C, R, R) at time-steps t (B,) with noise eps (B, C, R, R)."""
+        """The DiTi loss for a batch x0 (B, C, R, R) at time-steps t (B * m,) with noise eps (B * m, C, R, R).
+
+        m >= 1 draws per image: rows i * m .. i * m + m - 1 of t and noise belong to image i, which is encoded
+        once. ``baseline`` is the same weighted loss with G = 0 (the frozen DM alone), per draw.
+        """
+        m, rest = divmod(len(t), len(x0))
+        if rest or m < 1 or len(noise) != len(t):
+            raise ValueError(f"t ({len(t)}) and noise ({len(noise)}) must hold m draws for each of the "
+                             f"{len(x0)} images")
+        z = self.encoder(x0)
+        if m > 1:
+            x0, z = x0.repeat_interleave(m, 0), z.repeat_interleave(m, 0)
         x_t = self.schedule.q_sample(x0, t, noise)
         frozen = self.decoder.frozen_features(x_t, t)  # no grad: the DM is frozen
-        z = self.encoder(x0)
         modes = ("base", "stop_grad") if self.mode == "dual" else (self.mode,)
         per_sample = sum(
-            shift_per_sample(self.schedule, frozen.eps, self.decoder.shift(frozen, self.partition.apply(z, t, m)), noise, t,
-                             self.loss_weight)
-            for m in modes
+            shift_per_sample(self.schedule, frozen.eps, self.decoder.shift(frozen, self.partition.apply(z, t, mode)),
+                             noise, t, self.loss_weight)
+            for mode in modes
         )
-        return LossOutput(per_sample.mean(), per_sample, t)
+        with torch.no_grad():  # lambda(t) ||eps - eps_theta||^2: what the loss is with G = 0
+            baseline = self.loss_weight.to(t.device)[t] * ddpm_per_sample(frozen.eps, noise) * len(modes)
+        return LossOutput(per_sample.mean(), per_sample, t, baseline)
 
     def eps_fn(self, z: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The noise predictor DDIM uses with code z (B, d): eps' = eps_theta - sqrt(1 - abar_t) G(x_t, t, z~).
 
-        z~ keeps the chunks of time-steps <= t (PAPER.md, "Counterfactual generation"). z None: the plain DM.
+        z~ keeps the chunks of time-steps <= t (docs/method.md, "DDIM inversion and decoding"). z None: the plain DM.
         """
 
         def eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

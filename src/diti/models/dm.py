@@ -3,6 +3,12 @@
 A DM folder is either a UNet2DModel folder (``config.json`` + weights) or a diffusers pipeline folder
 (``model_index.json`` with ``unet/`` and ``scheduler/``, e.g. a downloaded google/ddpm-celebahq-256). A
 ``diti pretrain`` run folder is accepted too (its ``dm/`` subfolder). Nothing is downloaded.
+
+UNet2DModel has one ``attention_head_dim`` for every attention layer. A DM whose layers have other head
+counts (guided-diffusion's fixed ``num_heads`` over levels of different width, as ``diti convert-dm``
+writes them) carries ``attention_heads.json`` beside its ``config.json``: {attention module name: heads}.
+``load_dm`` sets those heads after building the model and ``save_dm`` writes the file again; the weights
+do not depend on the head count, only the attention's split of its channels does.
 """
 
 from __future__ import annotations
@@ -59,8 +65,35 @@ def resolve_dm_folder(path: str | Path) -> tuple[Path, Path | None]:
     return unet_dir, (scheduler if scheduler.is_file() else None)
 
 
+HEADS_FILE = "attention_heads.json"
+
+
+def set_attention_heads(unet: UNet2DModel, heads: dict[str, int]) -> UNet2DModel:
+    """Give each named attention layer of ``unet`` its head count (and the matching 1/sqrt(head dim) scale);
+    the mapping is kept on the model so that ``save_dm`` writes it back."""
+    from diffusers.models.attention_processor import Attention
+
+    for name, n in heads.items():
+        try:
+            attn = unet.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"{HEADS_FILE}: the UNet has no module {name!r}") from None
+        if not isinstance(attn, Attention):
+            raise ValueError(f"{HEADS_FILE}: {name!r} is a {type(attn).__name__}, not an attention layer")
+        n = int(n)
+        if n < 1 or attn.inner_dim % n:
+            raise ValueError(f"{HEADS_FILE}: {name!r} has {attn.inner_dim} channels, which {n} heads cannot split")
+        attn.heads = attn.sliceable_head_dim = n
+        if attn.scale_qk:
+            attn.scale = (attn.inner_dim // n) ** -0.5
+    unet._diti_attention_heads = {name: int(n) for name, n in heads.items()}
+    return unet
+
+
 def load_dm(path: str | Path, schedule: NoiseSchedule | None = None) -> UNet2DModel:
-    """Load a local UNet2DModel, frozen (eval, no grad); check its scheduler config against ``schedule``."""
+    """Load a local UNet2DModel, frozen (eval, no grad); check its scheduler config against ``schedule``.
+
+    Per-layer attention heads recorded in ``attention_heads.json`` are restored (module docstring)."""
     unet_dir, scheduler_file = resolve_dm_folder(path)
     config = json.loads((unet_dir / "config.json").read_text())
     if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
@@ -68,6 +101,8 @@ def load_dm(path: str | Path, schedule: NoiseSchedule | None = None) -> UNet2DMo
     if schedule is not None and scheduler_file is not None:
         schedule.check_diffusers_config(json.loads(scheduler_file.read_text()), str(scheduler_file))
     unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=_has_safetensors(unet_dir))
+    if (unet_dir / HEADS_FILE).is_file():
+        set_attention_heads(unet, json.loads((unet_dir / HEADS_FILE).read_text()))
     return freeze(unet)
 
 
@@ -87,6 +122,7 @@ def save_dm(unet: UNet2DModel, out: str | Path, schedule: NoiseSchedule) -> Path
     """Write a diffusers pipeline folder: model_index.json, unet/ (safetensors), scheduler/."""
     out = Path(out)
     unet.save_pretrained(out / "unet", safe_serialization=True)
+    write_attention_heads(unet, out / "unet")
     (out / "scheduler").mkdir(parents=True, exist_ok=True)
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(schedule.to_diffusers_config(), indent=2))
     index = {
@@ -96,6 +132,13 @@ def save_dm(unet: UNet2DModel, out: str | Path, schedule: NoiseSchedule) -> Path
     }
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
     return out
+
+
+def write_attention_heads(unet: UNet2DModel, folder: Path) -> None:
+    """``attention_heads.json`` in ``folder`` when ``unet`` has per-layer heads (``set_attention_heads``)."""
+    heads = getattr(unet, "_diti_attention_heads", None)
+    if heads:
+        (Path(folder) / HEADS_FILE).write_text(json.dumps(heads, indent=2))
 
 
 def dm_resolution(unet: UNet2DModel) -> int:

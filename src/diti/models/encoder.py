@@ -1,10 +1,14 @@
 """The image encoder E: x_0 -> z in R^d.
 
-The official CelebA64 design (PAPER.md, "Networks"; DiTi's CELEBA64Encoder): stride-2 3x3 convs
+The official CelebA64 design (docs/method.md, "Networks"; DiTi's CELEBA64Encoder): stride-2 3x3 convs
 3->64->128->128->128, each followed by GroupNorm + SiLU, a 4-head self-attention block right after the conv
 that reaches 16x16, flatten, Linear(2048 -> 512): 1,487,104 parameters. The official FFHQ/Bedroom 128 px
 encoder is the same with channels 64, 128, 256, 256, 256. One class covers every resolution: ``channels``
 sets the number of stride-2 stages and their widths.
+
+Initialisation (config ``encoder.init``): ``default`` is PyTorch's default init of every layer; ``official``
+is the same except that each attention block's output projection starts at zero (the official encoder's
+AttentionBlock zero-initialises its ``proj_out``), so the block starts as the identity.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ class Encoder(nn.Module):
         attn_resolutions: Sequence[int] = (16,),
         norm_groups: int = 32,
         attn_heads: int = 4,
+        init: str = "default",
     ):
         super().__init__()
+        if init not in ("default", "official"):
+            raise ValueError(f"encoder: unknown init {init!r}; expected 'default' or 'official'")
         stages = len(channels)
         if resolution % (2**stages):
             raise ValueError(f"encoder: resolution {resolution} is not divisible by 2^{stages} ({stages} stages)")
@@ -59,6 +66,12 @@ class Encoder(nn.Module):
             c_in = c
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(c_in * out_res * out_res, latent_dim)
+        if init == "official":
+            with torch.no_grad():
+                for layer in self.features:
+                    if isinstance(layer, Attention):
+                        layer.to_out[0].weight.zero_()
+                        layer.to_out[0].bias.zero_()
         self.resolution = resolution
         self.latent_dim = latent_dim
 

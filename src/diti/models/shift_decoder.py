@@ -4,9 +4,16 @@ G shares the frozen DM's time embedding, conv_in, down blocks and skip connectio
 of the mid and up blocks. Every ResNet block of that copy takes z~ (through one shared Linear d -> E_z, then
 its own SiLU + Linear E_z -> 2C) and applies it after the time modulation:
 
-    h = (1 + s_z) * (time-modulated GN(h)) + b_z        (PAPER.md, "Networks")
+    h = (1 + s_z) * (time-modulated GN(h)) + b_z        (docs/method.md, "Networks")
 
-The output conv is zero-initialised, so G = 0 at initialisation and the model starts as the frozen DM.
+The output conv is zero-initialised, so G = 0 at initialisation and the model starts as the frozen DM. How the
+rest of the copy starts is ``init`` (config ``decoder.init``, docs/method.md "Official behaviours"):
+
+- ``dm_copy`` (diti's default): the copy starts from the DM's mid/up weights;
+- ``official``: as the official ShiftUNet, whose trainable half is never loaded from the DM: every weight
+  of the copy is freshly initialised (PyTorch's default init), and every residual block's output conv
+  (``conv2``, up-sampling blocks included) and every attention output projection (``to_out.0``) start at
+  zero, so each block starts as the identity on its input (up to the shortcut conv where channels change).
 ``forward(x_t, t, z~)`` returns (eps_theta, G); the frozen path runs under ``torch.no_grad()``, so nothing of
 it carries gradient, and its weights never change (they are excluded from ``trainable_parameters()``).
 
@@ -18,10 +25,11 @@ copied blocks can be used as they are, with only their ResNet blocks swapped for
 from __future__ import annotations
 
 import copy
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from diffusers import UNet2DModel
+from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
@@ -94,27 +102,41 @@ def check_supported(dm: UNet2DModel) -> None:
         raise ValueError("cannot build a shift decoder from this UNet2DModel: " + "; ".join(problems))
 
 
-class ShiftDecoder(nn.Module):
-    """(eps_theta, G) from a frozen UNet2DModel plus a trainable, z-modulated copy of its mid and up path."""
+DECODER_INITS = ("dm_copy", "official")
 
-    def __init__(self, dm: UNet2DModel, latent_dim: int, z_embed_dim: int | None = None):
+
+class ShiftDecoder(nn.Module):
+    """(eps_theta, G) from a frozen UNet2DModel plus a trainable, z-modulated copy of its mid and up path.
+
+    ``init``: ``dm_copy`` or ``official`` (see the module docstring); G = 0 at initialisation in both.
+    """
+
+    def __init__(
+        self, dm: UNet2DModel, latent_dim: int, z_embed_dim: int | None = None,
+        init: Literal["dm_copy", "official"] = "dm_copy",
+    ):
         super().__init__()
+        if init not in DECODER_INITS:
+            raise ValueError(f"unknown decoder init {init!r}; expected one of {DECODER_INITS}")
         check_supported(dm)
         self.dm = freeze(dm)
         time_dim = dm.time_embedding.linear_2.out_features
         z_dim = z_embed_dim or time_dim
         self.z_embed = nn.Linear(latent_dim, z_dim)
-        # 1. trainable copies of the mid and up path (initialised from the DM's weights)
+        # 1. trainable copies of the mid and up path (the DM's weights; re-initialised below for `official`)
         self.mid_block = copy.deepcopy(dm.mid_block)
         self.up_blocks = copy.deepcopy(dm.up_blocks)
         self.conv_norm_out = copy.deepcopy(dm.conv_norm_out)
         self.conv_act = copy.deepcopy(dm.conv_act)
+        if init == "official":
+            _official_init(self.mid_block, self.up_blocks, self.conv_norm_out)
         self.conv_out = nn.Conv2d(dm.conv_out.in_channels, dm.conv_out.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
         for root in (self.mid_block, self.up_blocks):
             if root is not None:
                 _wrap_resnets(root, time_dim, z_dim)
+        self.init = init
         for name, param in self.named_parameters():
             param.requires_grad_(not name.startswith("dm."))
         self.latent_dim = latent_dim
@@ -173,6 +195,31 @@ def _mid_up_out(net: nn.Module, h: torch.Tensor, skips: tuple[torch.Tensor, ...]
         h = block(h, skips[-n:], temb)
         skips = skips[:-n]
     return net.conv_out(net.conv_act(net.conv_norm_out(h)))
+
+
+def _official_init(*roots: nn.Module | None) -> None:
+    """Re-initialise every weight under ``roots`` (PyTorch's default init of each layer), then zero every
+    residual block's output conv and every attention output projection: the official ShiftUNet's start."""
+    for root in roots:
+        if root is None:
+            continue
+        for module in root.modules():
+            if next(module.parameters(recurse=False), None) is None:
+                continue  # a container: its children are visited on their own
+            if not hasattr(module, "reset_parameters"):
+                raise ValueError(f"decoder.init=official cannot re-initialise a {type(module).__name__} layer")
+            module.reset_parameters()
+        for module in root.modules():
+            if isinstance(module, ResnetBlock2D):
+                _zero(module.conv2)
+            elif isinstance(module, Attention):
+                _zero(module.to_out[0])
+
+
+def _zero(layer: nn.Module) -> None:
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.zero_()
 
 
 def _wrap_resnets(root: nn.Module, time_dim: int, z_dim: int) -> None:

@@ -24,9 +24,11 @@ class EMA:
 
     @torch.no_grad()
     def update(self, step: int) -> None:
+        """One EMA step: a single fused lerp over every tensor (``torch._foreach_lerp_``; per tensor on CPU)."""
         decay = self.decay_at(step)
-        for name, p in self.params.items():
-            self.shadow[name].lerp_(p.detach().float(), 1.0 - decay)
+        shadows = list(self.shadow.values())
+        params = [p.detach().float() for p in self.params.values()]
+        torch._foreach_lerp_(shadows, params, 1.0 - decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow

@@ -16,13 +16,14 @@ from ..models.diti import DiTiModel
 from ..models.dm import build_unet, dm_resolution, load_dm, save_dm
 from .checkpoint import latest_checkpoint, load_tensors
 from .run import read_meta, read_run_config, write_run_files
+from .timesteps import build_sampler
 from .trainer import Trainer
 
 # Config keys that may change when a run is resumed (bookkeeping, not the experiment).
 RESUMABLE_KEYS = {
     "train": ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "progress", "device", "compile",
               "channels_last"),
-    "data": ("num_workers",),
+    "data": ("num_workers", "skip_unreadable"),
 }
 
 
@@ -114,10 +115,16 @@ def train_diti(cfg: DiTiConfig, out: str | Path, resume: bool = False) -> Path:
     check_data_fits_dm(dataset, dm)
     torch.manual_seed(cfg.train.seed)  # initial weights from the config's seed, never the clock
     model = DiTiModel.from_config(cfg, dm)
-    sampling = cfg.objective.timestep_sampling
-    t_probs = None if sampling == "uniform" else model.partition.timestep_probs(sampling)
+    obj = cfg.objective
+    sampling, draws = obj.timestep_sampling, obj.draws_per_image
+    # Fixed distributions with one draw per image are drawn by the loader (t_probs); importance sampling and
+    # several draws per image draw t at the step (training/timesteps.py).
+    dynamic = sampling in ("loss_aware", "loss_removed") or draws > 1
+    t_probs = None if sampling == "uniform" or dynamic else model.partition.timestep_probs(sampling)
+    t_sampler = build_sampler(sampling, model.partition, obj.importance_history, obj.importance_uniform) \
+        if dynamic else None
     trainer = Trainer(model, dataset, cfg.train, schedule.timesteps, out, cfg.data.hflip, cfg.data.num_workers,
-                      t_probs)
+                      t_probs, t_sampler=t_sampler, draws=draws)
     if trainer.acc.is_main_process:
         write_run_files(out, "diti", cfg)
     trainer.resume()

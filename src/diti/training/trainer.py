@@ -5,12 +5,20 @@ objective); it also provides ``trainable_parameters()``, ``trainable_state_dict(
 ``load_trainable_state_dict()``. The same code runs on CPU, one GPU, or many processes under
 ``accelerate launch``: ``train.batch_size`` is the global batch and ``train.lr`` does not depend on the
 number of processes. Only the main process writes.
+
+Nothing waits on the device during a step: data, t and noise come ready from the DataLoader
+(training/loader.py); the loss, the per-time-step loss histogram and the NaN guard stay on the device. The
+host reads them back every ``log_every`` steps, before every checkpoint and at the end (one transfer), so
+a GPU runs ahead of Python. The NaN guard still names the first step whose loss was not finite, and no
+checkpoint is ever written after such a step (the run stops at the next read-back, without saving).
+``train.mixed_precision=bf16`` runs the forward passes under autocast while weights, optimizer state and
+EMA stay float32; ``train.compile`` compiles the training module, and checkpoints are always written from
+the unwrapped, uncompiled float32 module.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,11 +30,14 @@ from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
 from ..config.schema import TrainConfig
-from ..data import collate_images
 from ..errors import CheckpointSaveError, TrainingDiverged
 from .checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
 from .ema import EMA
-from .randomness import GlobalBatchSampler, micro_slice, seed_step, step_noise
+from .loader import StepBatches, StepBatchSampler, default_num_workers, step_loader
+from .randomness import generator, micro_slice, seed_step
+from .timesteps import TimestepSampler
+
+_DRAW_NOISE_STREAM = 0x7158  # keeps the noise of several draws per image apart from every other draw
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -52,19 +63,29 @@ class Trainer:
         timesteps: int,
         out: Path,
         hflip: bool = False,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         t_probs: torch.Tensor | None = None,
         accelerator: Accelerator | None = None,
+        t_sampler: TimestepSampler | None = None,
+        draws: int = 1,
     ):
         self.cfg = cfg
         self.t_probs = t_probs  # None: t ~ U{0..T-1}
+        # t_sampler (training/timesteps.py): t drawn here, at the step, instead of by the loader (importance
+        # sampling, or several draws per image); the loader's noise is then replaced by the step's own draws
+        if draws < 1:
+            raise ValueError(f"draws per image must be >= 1, got {draws}")
+        if draws > 1 and t_sampler is None:
+            raise ValueError("several draws per image need a t_sampler")
+        self.t_sampler, self.draws = t_sampler, draws
         self.hflip = hflip
-        self.num_workers = num_workers
         self.dataset = dataset
         self.timesteps = timesteps
         self.out = Path(out)
         self.ckpt_dir = self.out / "checkpoints"
         self.acc = accelerator or make_accelerator(cfg)
+        # None: 0 on CPU, min(8, cores) on CUDA (training/loader.py)
+        self.num_workers = default_num_workers(self.acc.device) if num_workers is None else num_workers
         world = self.acc.num_processes
         if cfg.batch_size % (world * cfg.grad_accum_steps):
             raise ValueError(
@@ -96,6 +117,8 @@ class Trainer:
         self.step = int(state["step"])
         self.loss_sum = np.asarray(state["loss_sum"], dtype=np.float64)
         self.loss_count = np.asarray(state["loss_count"], dtype=np.int64)
+        if self.t_sampler is not None:
+            self.t_sampler.load_state_dict(state.get("t_sampler", {}))
         _truncate_metrics(self.out / "metrics.jsonl", self.step)
         return True
 
@@ -107,6 +130,8 @@ class Trainer:
 
     def save(self) -> Path:
         state = {"loss_sum": self.loss_sum.tolist(), "loss_count": self.loss_count.tolist()}
+        if self.t_sampler is not None:
+            state["t_sampler"] = self.t_sampler.state_dict()
         try:
             path = save_checkpoint(
                 self.ckpt_dir, self.step, self.module.trainable_state_dict(), self.ema_state_dict(),
@@ -137,91 +162,157 @@ class Trainer:
         model, optimizer = acc.prepare(self.module, self.optimizer)
         if cfg.compile:
             model = torch.compile(model)
-        sampler = GlobalBatchSampler(
+        sample_shape = tuple(self.dataset[0].shape)
+        sampler = StepBatchSampler(
             len(self.dataset), cfg.batch_size, cfg.seed, self.step, cfg.steps, acc.process_index,
             acc.num_processes, cfg.grad_accum_steps,
         )
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate_images,
+        batches = StepBatches(
+            self.dataset, cfg.batch_size, sample_shape, self.timesteps, cfg.seed, self.t_probs, self.hflip,
+            acc.process_index, acc.num_processes, cfg.grad_accum_steps,
         )
-        batches = iter(loader)
-        sample_shape = tuple(self.dataset[0].shape)
+        loader = iter(step_loader(batches, sampler, self.num_workers, acc.device))
+        self._start_device_state()
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not (cfg.progress and acc.is_main_process),
                    dynamic_ncols=True)
-        window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
+        window_start, window_first = time.perf_counter(), self.step
         model.train()
-        while self.step < cfg.steps:
-            loss_value = self.train_step(model, optimizer, batches, sample_shape)
-            if not math.isfinite(loss_value):
-                bar.close()
-                raise TrainingDiverged(
-                    f"loss is {loss_value} at step {self.step + 1}; stopped without saving. The last good "
-                    f"checkpoint is {latest_checkpoint(self.ckpt_dir) or 'none (no checkpoint yet)'}"
-                )
-            self.step += 1
-            window_loss, window_n = window_loss + loss_value, window_n + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4g}")
-            if acc.is_main_process and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                elapsed = time.perf_counter() - window_start
-                self._log({"step": self.step, "images": self.step * cfg.batch_size, "loss": window_loss / window_n,
-                           "lr": cfg.lr, "img_per_s": window_n * cfg.batch_size / max(elapsed, 1e-9)})
-                window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                acc.wait_for_everyone()
-                if acc.is_main_process:
-                    self.save()
-        bar.close()
+        try:
+            while self.step < cfg.steps:
+                self.train_step(model, optimizer, loader)
+                self.step += 1
+                bar.update(1)
+                log = self.step % cfg.log_every == 0 or self.step == cfg.steps
+                save = self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps
+                if not (log or save):
+                    continue
+                window_loss = self._read_back()  # the one host synchronisation; raises on a bad step
+                bar.set_postfix(loss=f"{window_loss:.4g}")
+                if log and acc.is_main_process:
+                    elapsed, n = time.perf_counter() - window_start, self.step - window_first
+                    self._log({"step": self.step, "images": self.step * cfg.batch_size, "loss": window_loss,
+                               "lr": cfg.lr, "img_per_s": n * cfg.batch_size / max(elapsed, 1e-9)})
+                if log:
+                    self._window_sum.zero_()
+                    self._window_n = 0
+                    window_start, window_first = time.perf_counter(), self.step
+                if save:
+                    acc.wait_for_everyone()
+                    if acc.is_main_process:
+                        self.save()
+        finally:
+            bar.close()
         acc.wait_for_everyone()
 
-    def train_step(self, model, optimizer, batches, sample_shape: tuple[int, ...]) -> float:
-        """One optimizer step over the global batch of ``self.step``; returns its mean loss.
+    def _start_device_state(self) -> None:
+        """Device tensors for the loss window, the per-t histogram and the NaN guard (read back by
+        ``_read_back``); the histogram continues from the resumed one."""
+        device = self.acc.device
+        self._window_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self._window_n = 0
+        self._hist_sum = torch.as_tensor(self.loss_sum, dtype=torch.float64, device=device)
+        self._hist_count = torch.as_tensor(self.loss_count, dtype=torch.int64, device=device)
+        self._bad_step = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite step, or -1
+        self._bad_loss = torch.zeros((), dtype=torch.float32, device=device)
 
-        The step's t, eps and flips are drawn for the whole global batch and each micro-batch of each process
-        takes its slice (training/randomness.py). The optimizer does not step on a non-finite loss.
+    def _read_back(self) -> float:
+        """Copy the device state to the host: raise TrainingDiverged naming the first bad step, update the
+        loss histogram, and return the mean loss of the current log window."""
+        bad_step, bad_loss = int(self._bad_step), float(self._bad_loss)
+        if bad_step >= 0:
+            raise TrainingDiverged(
+                f"loss is {bad_loss} at step {bad_step}; stopped at step {self.step} without saving. The last "
+                f"good checkpoint is {latest_checkpoint(self.ckpt_dir) or 'none (no checkpoint yet)'}"
+            )
+        self.loss_sum = self._hist_sum.cpu().numpy().copy()
+        self.loss_count = self._hist_count.cpu().numpy().copy()
+        return float(self._window_sum) / max(self._window_n, 1)
+
+    def train_step(self, model, optimizer, loader) -> torch.Tensor:
+        """One optimizer step over the global batch of ``self.step``; returns its mean loss (a device scalar).
+
+        The step's micro-batches come from ``loader`` (``StepBatches``: the step's t, eps and flips are drawn
+        for the whole global batch and each micro-batch of each process takes its slice). Nothing here waits
+        on the device: a non-finite loss is recorded on the device (``_bad_step``) and reported by the next
+        ``_read_back``, which comes before any checkpoint.
         """
         cfg, acc = self.cfg, self.acc
         device = acc.device
         seed_step(cfg.seed, self.step, acc.process_index)
-        t_all, noise_all, flip_all = step_noise(
-            cfg.batch_size, sample_shape, self.timesteps, self.step, cfg.seed, self.t_probs
-        )
         step_loss = torch.zeros((), device=device)
+        if self.t_sampler is not None:
+            m = self.draws
+            t_all, w_all = self.t_sampler.draw(cfg.batch_size, m, cfg.seed, self.step)
+            noise_all = self._step_noise(m) if m > 1 else None
         for a in range(cfg.grad_accum_steps):
-            lo = micro_slice(a, acc.process_index, acc.num_processes, self.micro)
-            x0 = next(batches).to(device, non_blocking=True)
+            try:
+                batch = next(loader)
+            except ValueError as err:  # an unreadable image; from a worker the message carries its traceback
+                raise ValueError(_data_error(err, self.step + 1)) from None
+            x0 = batch["x0"].to(device, non_blocking=True)
+            t = batch["t"].to(device, non_blocking=True)
+            noise = batch["noise"].to(device, non_blocking=True)
+            weights = None
+            if self.t_sampler is not None:
+                # this micro-batch's images are rows lo..lo+micro of the global batch; their draws follow
+                lo = micro_slice(a, acc.process_index, acc.num_processes, self.micro) * m
+                rows = slice(lo, lo + self.micro * m)
+                t, weights = t_all[rows].to(device), w_all[rows].to(device)
+                if noise_all is not None:
+                    noise = noise_all[rows].to(device)
             if cfg.channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
-            t = t_all[lo : lo + self.micro].to(device)
-            noise = noise_all[lo : lo + self.micro].to(device)
-            if self.hflip:
-                flip = flip_all[lo : lo + self.micro].to(device)
-                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
             sync = a == cfg.grad_accum_steps - 1  # gradients are all-reduced on the last micro-batch only
             with nullcontext() if sync else acc.no_sync(model), acc.autocast():
                 out = model(x0, t, noise)
-                acc.backward(out.mean / cfg.grad_accum_steps)
-            step_loss += out.mean.detach() / cfg.grad_accum_steps
-            self._record(acc.gather(out.per_sample.detach().float()), acc.gather(out.t))
-        loss_value = acc.reduce(step_loss, reduction="mean").item()
-        if math.isfinite(loss_value):
-            if cfg.grad_clip is not None:
-                acc.clip_grad_norm_(self.module.trainable_parameters(), cfg.grad_clip)
-            optimizer.step()
-            self.ema.update(self.step)
+                # importance weights 1 / (T p(t)) keep the expected loss that of uniform t
+                objective = out.mean if weights is None else (weights * out.per_sample.float()).mean()
+                acc.backward(objective / cfg.grad_accum_steps)
+            step_loss += objective.detach().float() / cfg.grad_accum_steps
+            per_sample, t_seen = acc.gather(out.per_sample.detach().float()), acc.gather(out.t)
+            self._record(per_sample, t_seen)
+            if self.t_sampler is not None:
+                baseline = acc.gather(out.baseline.detach().float()) if out.baseline is not None else None
+                self.t_sampler.update(t_seen, per_sample, baseline)
+        loss = acc.reduce(step_loss, reduction="mean")
+        first_bad = (self._bad_step < 0) & ~torch.isfinite(loss)
+        self._bad_step = torch.where(first_bad, torch.full_like(self._bad_step, self.step + 1), self._bad_step)
+        self._bad_loss = torch.where(first_bad, loss, self._bad_loss)
+        self._window_sum += loss.double()
+        self._window_n += 1
+        if cfg.grad_clip is not None:
+            acc.clip_grad_norm_(self.module.trainable_parameters(), cfg.grad_clip)
+        optimizer.step()
+        self.ema.update(self.step)
         optimizer.zero_grad(set_to_none=True)
-        return loss_value
+        return loss
+
+    def _step_noise(self, draws: int) -> torch.Tensor:
+        """eps for every draw of the step's global batch (batch * draws, C, H, W): a function of (seed, step)."""
+        shape = (self.cfg.batch_size * draws, *self.dataset[0].shape)
+        return torch.randn(shape, generator=generator(self.cfg.seed, self.step, _DRAW_NOISE_STREAM))
 
     def _record(self, per_sample: torch.Tensor, t: torch.Tensor) -> None:
         if self.acc.is_main_process:
-            t_np = t.cpu().numpy()
-            np.add.at(self.loss_sum, t_np, per_sample.cpu().double().numpy())
-            np.add.at(self.loss_count, t_np, 1)
+            self._hist_sum.index_add_(0, t, per_sample.double())
+            self._hist_count.index_add_(0, t, torch.ones_like(t))
 
     def _log(self, row: dict) -> None:
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
 
+
+
+def _data_error(err: ValueError, step: int) -> str:
+    """One line for a data error at ``step``. An error raised in a DataLoader worker reaches us with the
+    worker's traceback in its message ("Caught ValueError in DataLoader worker ... Original Traceback ..."):
+    keep only its last line, the original message."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if last.startswith("ValueError: ") else last
+    return (f"{text} (step {step}); `diti data check DIR` lists every unreadable file, "
+            "--set data.skip_unreadable=true skips them with a warning")
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -1,0 +1,534 @@
+"""Learning curves: DiTi vs PDAE against images seen, on the benchmark that converges on a CPU core.
+
+One training run per (variant, seed) on the 16-px shapes data, version 2 (factors lost across the whole
+time axis), with the frozen DM shipped as ``dm-shapes2-16``. The run stops at doubling image counts
+(``--points``, optimizer steps of batch 64); at each point the EMA weights are evaluated with one protocol:
+the linear probe per factor (default step budget), MIG and FactorVAE (reference protocol) at every point,
+DCI with its chunk- and stage-level versions and the partition-attribute alignment at the last
+``--dci-points`` points (the GBT classifiers dominate the cost; the last doubling always has them). Pixel-PCA
+and a random encoder are the references.
+
+    python benchmarks/curves.py                                 # full: 3 seeds, every variant (hours)
+    python benchmarks/curves.py --variants pdae,diti-k8-sg --seeds 0 --jobs 2
+    python benchmarks/curves.py --plot-only                     # figures + tables from the committed JSON
+    python benchmarks/curves.py --quick --out /tmp/c            # a minute; format check (used by the tests)
+
+Each finished point is one JSON, ``RESULTS/<variant>/seed<k>/step<NNNNNN>.json`` (RESULTS defaults to
+benchmarks/results/curves in full mode, OUT/results in quick mode): a killed or moved sweep resumes without
+redoing finished points (a run folder that is gone is retrained from step 0, bit-identically). Figures
+(``RESULTS/figures/*.png``) and ``RESULTS/curves.md`` are rebuilt from all JSON files at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diti import __version__
+from diti.config import DiTiConfig, PretrainConfig, build_config
+from diti.data import generate_shapes
+from diti.evaluation.features import encode_dataset
+from diti.evaluation.runs import disentangle_features, probe_features, run_features
+from diti.models.diti import DiTiModel
+from diti.models.dm import load_dm
+from diti.partition import Partition, partition_from_crossings
+from diti.training.jobs import load_diti_run, pretrain, train_diti
+
+ROOT = Path(__file__).resolve().parent
+# name -> (description, config overrides on top of the preset). "sg" = stop_grad. "diti-imb-sg" is built from
+# the DM's attribute-loss crossings at run time (imbalanced_overrides).
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "pdae": ("PDAE (k=1)", ["partition.k=1", "partition.mode=base"]),
+    "diti-k8-sg": ("DiTi balanced k=8, stop_grad", ["partition.k={k}", "partition.mode=stop_grad"]),
+    "diti-k8-base": ("DiTi balanced k=8, base", ["partition.k={k}", "partition.mode=base"]),
+    "diti-imb-sg": ("DiTi k=8, stages at the DM's attribute-loss crossings, stop_grad", []),
+    # Faster-optimisation options (departures in how t is drawn; the expected loss stays the official one).
+    # "-is": importance sampling of t by the loss' second moment; "-isr": by the loss the decoder removes;
+    # "-m8": 8 stratified draws per image with 8 images per step (the same 64 (t, eps) draws, the same cost
+    # per step as batch 64, but one eighth of the images).
+    "pdae-is": ("PDAE + loss-aware t sampling", ["partition.k=1", "partition.mode=base",
+                                                 "objective.timestep_sampling=loss_aware"]),
+    "diti-k8-sg-is": ("DiTi k=8 stop_grad + loss-aware t sampling",
+                      ["partition.k={k}", "partition.mode=stop_grad", "objective.timestep_sampling=loss_aware"]),
+    "diti-k8-sg-isr": ("DiTi k=8 stop_grad + t sampling by the removed loss",
+                       ["partition.k={k}", "partition.mode=stop_grad", "objective.timestep_sampling=loss_removed"]),
+    "diti-k8-sg-m8": ("DiTi k=8 stop_grad, 8 draws per image x 8 images per step",
+                      ["partition.k={k}", "partition.mode=stop_grad", "objective.draws_per_image=8",
+                       "train.batch_size=8"]),
+    "diti-k8-sg-is-m8": ("DiTi k=8 stop_grad, loss-aware t sampling + 8 draws per image x 8 images",
+                         ["partition.k={k}", "partition.mode=stop_grad", "objective.timestep_sampling=loss_aware",
+                          "objective.draws_per_image=8", "train.batch_size=8"]),
+}
+BASELINES = {"pixel-pca": "first d principal components of the train pixels",
+             "random-encoder": "untrained encoder of the same architecture"}
+# k: the chunks of the DiTi variants ("{k}" above; 8, or 4 for the quick preset's d = 16), which also group
+# PDAE's dims for its chunk-level metrics (the balanced DiTi run beside it).
+SETTINGS = {
+    "full": dict(preset="shapes2-bench", resolution=16, n_train=10000, n_test=2000, protocol="reference",
+                 points=[250, 500, 1000, 2000, 4000], dci_points=2, seeds="0,1,2", k=8, probe_steps=None),
+    "quick": dict(preset="shapes-quick", resolution=16, n_train=256, n_test=64, protocol="fast",
+                  points=[2, 4], dci_points=1, seeds="0", k=4, probe_steps=200),
+}
+# Metrics drawn as curves: key in a point's "metrics" -> axis label.
+METRICS = {
+    "probe_mean": "linear-probe accuracy, mean over factors",
+    "dci_d": "DCI disentanglement (per dim)",
+    "dci_c": "DCI completeness (per dim)",
+    "dci_i": "DCI informativeness (test accuracy)",
+    "chunk_d": "DCI disentanglement over chunks",
+    "chunk_c": "DCI completeness over chunks",
+    "mig": "MIG",
+    "factor_vae": "FactorVAE score",
+}
+
+
+def shipped_dm2() -> Path | None:
+    from importlib import resources
+
+    path = Path(str(resources.files("diti") / "assets" / "dm-shapes2-16"))
+    return path if (path / "unet").is_dir() else None
+
+
+def imbalanced_overrides(attribute_loss: Path, latent_dim: int, k: int) -> list[str]:
+    """partition.* overrides placing the stages at the crossings in an attribute_loss.json (the documented rule
+    of ``diti partition --from-attribute-loss``)."""
+    data = json.loads(Path(attribute_loss).read_text())
+    part, _ = partition_from_crossings(data.get("crossing_t_interp") or data["crossing_t"], latent_dim, k)
+    return [f"partition.k={part.k}", f"partition.stages={list(part.stages)}",
+            f"partition.dims_per_stage={list(part.dims_per_stage)}", "partition.mode=stop_grad"]
+
+
+def variant_overrides(variant: str, s: dict, attribute_loss: Path | None, latent_dim: int) -> list[str]:
+    if variant == "diti-imb-sg":
+        if attribute_loss is None:
+            raise ValueError("diti-imb-sg needs the DM's attribute_loss.json (--attribute-loss)")
+        return imbalanced_overrides(attribute_loss, latent_dim, s["k"])
+    return [o.format(k=s["k"]) for o in VARIANTS[variant][1]]
+
+
+def evaluate(train, test, partition: Partition, s: dict, seed: int, with_dci: bool, reference) -> dict:
+    """The point's metrics: probe per factor, MIG, FactorVAE and (with_dci) DCI + chunk level + alignment."""
+    # probe_steps None: the probe's default budget (quick mode: a short one, for the format check)
+    probe = probe_features(train, test, task="multiclass", seed=seed, steps=s["probe_steps"])
+    dis = disentangle_features(train, test, partition, protocol=s["protocol"], reference_partition=reference,
+                               max_groups=max(partition.k, s["k"]), seed=seed, progress=False, n_jobs=1,
+                               with_dci=with_dci, steps=s["probe_steps"])
+    metrics = {"probe_mean": probe.mean["accuracy"], "mig": dis["mig"]["mig"],
+               "factor_vae": dis["factor_vae"]["eval_accuracy"]}
+    if with_dci:
+        cl = dis["chunk_level"]
+        metrics.update(dci_d=dis["dci"]["disentanglement"], dci_c=dis["dci"]["completeness"],
+                       dci_i=dis["dci"]["informativeness_test"], chunk_d=cl["disentanglement"],
+                       chunk_c=cl["completeness"])
+    return {
+        "metrics": metrics,
+        "probe": {n: probe.per_attribute[n]["accuracy"] for n in probe.names},
+        "probe_budget": probe.budget,
+        "protocol": dis["protocol"],
+        "dci": dis["dci"],
+        "mig_per_factor": dis["mig"]["per_factor"],
+        "chunk_level": dis["chunk_level"],
+        "alignment": dis["alignment"],
+    }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)  # a point file is either complete or absent
+
+
+def point_path(results: Path, variant: str, seed: int, step: int) -> Path:
+    return results / variant / f"seed{seed}" / f"step{step:06d}.json"
+
+
+def run_curve(variant: str, seed: int, s: dict, data: str, dm: str, out: str, results: str,
+              attribute_loss: str | None, threads: int | None) -> list[str]:
+    """Train one (variant, seed) through every point, evaluating each point once; returns the files written.
+    A top-level function so that a process pool can run several (``--jobs``), each with ``threads`` threads."""
+    if threads:
+        torch.set_num_threads(threads)
+    data, dm, out, results = Path(data), Path(dm), Path(out), Path(results)
+    base = build_config(DiTiConfig, s["preset"], overrides=[f"dm={json.dumps(str(dm))}",
+                                                             f"data.path={json.dumps(str(data))}"])
+    d = base.partition.latent_dim
+    overrides = variant_overrides(variant, s, Path(attribute_loss) if attribute_loss else None, d)
+    reference = Partition(d, s["k"], base.diffusion.timesteps)
+    run = out / variant / f"seed{seed}"
+    segments_file = run / "segments.json"
+    written = []
+    dci_from = s["points"][-s["dci_points"]] if s["dci_points"] else None
+    for step in s["points"]:
+        path = point_path(results, variant, seed, step)
+        if path.is_file():
+            continue
+        cfg = build_config(DiTiConfig, s["preset"], overrides=[
+            f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", *overrides, f"train.seed={seed}",
+            "train.progress=false", f"train.steps={step}"])
+        t0 = time.perf_counter()
+        train_diti(cfg, run, resume=(run / "config.yaml").is_file())
+        seconds = time.perf_counter() - t0
+        segments = json.loads(segments_file.read_text()) if segments_file.is_file() else []
+        segments.append({"to_step": step, "seconds": seconds})
+        segments_file.write_text(json.dumps(segments))
+        model, cfg = load_diti_run(run)
+        train = run_features(model, cfg, run, data, "train", progress=False)
+        test = run_features(model, cfg, run, data, "test", progress=False)
+        t1 = time.perf_counter()
+        row = evaluate(train, test, model.partition, s, seed, dci_from is not None and step >= dci_from,
+                       reference if model.partition.k == 1 else None)
+        row.update(variant=variant, seed=seed, step=step, images=step * cfg.train.batch_size,
+                   train_seconds=sum(x["seconds"] for x in segments), segments=segments,
+                   eval_seconds=time.perf_counter() - t1, partition=model.partition.describe(),
+                   overrides=overrides, machine=_machine(threads), date=date.today().isoformat())
+        _write_json(path, row)
+        written.append(str(path))
+        print(f"== {variant}/seed{seed} step {step}: probe mean {row['metrics']['probe_mean']:.3f}"
+              + (f", DCI-D {row['metrics']['dci_d']:.3f}, chunk-D {row['metrics']['chunk_d']:.3f}"
+                 if "dci_d" in row["metrics"] else ""), flush=True)
+    return written
+
+
+def run_baseline(name: str, seed: int, s: dict, data: str, dm: str, results: str, threads: int | None) -> list[str]:
+    """Pixel-PCA or a random encoder: one point (images 0), evaluated with DCI."""
+    if threads:
+        torch.set_num_threads(threads)
+    path = Path(results) / name / f"seed{seed}" / "step000000.json"
+    if path.is_file():
+        return []
+    base = build_config(DiTiConfig, s["preset"], overrides=[f"dm={json.dumps(str(dm))}",
+                                                             f"data.path={json.dumps(str(data))}"])
+    train_set, test_set = base.data.open("train"), base.data.open("test")
+    d = base.partition.latent_dim
+    if name == "pixel-pca":
+        from sklearn.decomposition import PCA
+
+        x_tr = train_set.images(np.arange(len(train_set))).reshape(len(train_set), -1).astype(np.float32) / 255
+        x_te = test_set.images(np.arange(len(test_set))).reshape(len(test_set), -1).astype(np.float32) / 255
+        pca = PCA(n_components=d, random_state=seed).fit(x_tr)
+        z_tr, z_te = pca.transform(x_tr).astype(np.float32), pca.transform(x_te).astype(np.float32)
+    else:
+        torch.manual_seed(seed)
+        model = DiTiModel.from_config(base, load_dm(dm)).eval()
+        z_tr, z_te = (encode_dataset(model.encoder, ds, progress=False) for ds in (train_set, test_set))
+    reference = Partition(d, s["k"], base.diffusion.timesteps)
+    t1 = time.perf_counter()
+    row = evaluate((z_tr, train_set.attributes), (z_te, test_set.attributes), Partition(d, 1, 1000), s, seed,
+                   True, reference)
+    row.update(variant=name, seed=seed, step=0, images=0, train_seconds=0.0, eval_seconds=time.perf_counter() - t1,
+               machine=_machine(threads), date=date.today().isoformat())
+    _write_json(path, row)
+    print(f"== {name}/seed{seed}: probe mean {row['metrics']['probe_mean']:.3f}, DCI-D {row['metrics']['dci_d']:.3f}",
+          flush=True)
+    return [str(path)]
+
+
+def _machine(threads: int | None) -> dict:
+    return {"cpu": _cpu(), "threads": threads or torch.get_num_threads(), "torch": torch.__version__,
+            "diti": __version__, "python": platform.python_version()}
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading the points back: tables and figures
+# ----------------------------------------------------------------------------------------------------------------
+def load_points(results: Path) -> dict[str, dict[int, list[dict]]]:
+    """variant -> step -> the point of every seed that has it (sorted by seed)."""
+    table: dict[str, dict[int, list[dict]]] = {}
+    for path in sorted(Path(results).glob("*/seed*/step*.json")):
+        row = json.loads(path.read_text())
+        table.setdefault(row["variant"], {}).setdefault(row["step"], []).append(row)
+    for steps in table.values():
+        for rows in steps.values():
+            rows.sort(key=lambda r: r["seed"])
+    return table
+
+
+def _ms(values) -> str:
+    values = np.asarray([v for v in values if v is not None], dtype=float)
+    if len(values) == 0:
+        return "–"
+    return f"{values.mean():.3f}" if len(values) == 1 else f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def _order(table: dict) -> list[str]:
+    known = [*VARIANTS, *BASELINES]
+    return [v for v in known if v in table] + sorted(v for v in table if v not in known)
+
+
+def reach(steps: dict[int, list[dict]], seed: int, target: float) -> tuple[float, float] | None:
+    """(images, train seconds) at which one seed's probe mean first reaches ``target``: linear interpolation
+    in log(images) (and in seconds) between the two points around the crossing; None if it never does."""
+    rows = sorted((r for rs in steps.values() for r in rs if r["seed"] == seed), key=lambda r: r["step"])
+    prev = None
+    for r in rows:
+        value = r["metrics"]["probe_mean"]
+        if value >= target:
+            if prev is None:
+                return float(r["images"]), float(r["train_seconds"])
+            a = (target - prev["metrics"]["probe_mean"]) / (value - prev["metrics"]["probe_mean"])
+            images = float(np.exp(np.log(prev["images"]) + a * (np.log(r["images"]) - np.log(prev["images"]))))
+            seconds = prev["train_seconds"] + a * (r["train_seconds"] - prev["train_seconds"])
+            return images, float(seconds)
+        prev = r
+    return None
+
+
+def format_tables(table: dict) -> str:
+    """Markdown: the plateau table (last point reached by every seed), the last doubling, per-factor probes and
+    the chunk holding each factor."""
+    if not table:
+        return "No finished points yet.\n"
+    lines = ["Mean ± std over the seeds that reached the point (seed count in brackets).", "",
+             "### At the last point", "",
+             "| variant | images | seeds | " + " | ".join(METRICS) + " | train min |",
+             "|---|---|---|" + "---|" * (len(METRICS) + 1)]
+    last = {}
+    for v in _order(table):
+        step = max(table[v])
+        rows = table[v][step]
+        last[v] = (step, rows)
+        cells = [_ms([r["metrics"].get(m) for r in rows]) for m in METRICS]
+        minutes = _ms([r["train_seconds"] / 60 for r in rows])
+        lines.append(f"| {v} | {rows[0]['images']:,} | {len(rows)} | " + " | ".join(cells) + f" | {minutes} |")
+    lines += ["", "### The last doubling: change of the probe mean (and DCI-D) from the previous point", "",
+              "| variant | from | to | Δ probe mean | Δ DCI-D |", "|---|---|---|---|---|"]
+    for v in _order(table):
+        steps = sorted(table[v])
+        if len(steps) < 2:
+            continue
+        a, b = steps[-2], steps[-1]
+        seeds = {r["seed"] for r in table[v][a]} & {r["seed"] for r in table[v][b]}
+        pa = {r["seed"]: r["metrics"] for r in table[v][a]}
+        pb = {r["seed"]: r["metrics"] for r in table[v][b]}
+        dp = [pb[k]["probe_mean"] - pa[k]["probe_mean"] for k in seeds]
+        dd = [pb[k]["dci_d"] - pa[k]["dci_d"] for k in seeds if "dci_d" in pa[k] and "dci_d" in pb[k]]
+        lines.append(f"| {v} | {table[v][a][0]['images']:,} | {table[v][b][0]['images']:,} | {_ms(dp)} | {_ms(dd)} |")
+    if "pdae" in last:
+        plateau = float(np.mean([r["metrics"]["probe_mean"] for r in last["pdae"][1]]))
+        target = 0.95 * plateau
+        lines += ["", f"### Reaching 95 % of PDAE's last probe mean ({plateau:.3f} -> {target:.3f})", "",
+                  "First crossing per seed, interpolated linearly in log(images) between points; '>' when a "
+                  "seed's last point is still below.", "",
+                  "| variant | seeds reaching | images | train minutes |", "|---|---|---|---|"]
+        for v in _order(table):
+            if v in BASELINES:
+                continue
+            hits = [reach(table[v], seed, target) for seed in sorted({r["seed"] for rows in table[v].values()
+                                                                      for r in rows})]
+            reached = [h for h in hits if h is not None]
+            lines.append(f"| {v} | {len(reached)} of {len(hits)} | {_ms([h[0] for h in reached])} | "
+                         f"{_ms([h[1] / 60 for h in reached])} |")
+    factors = list(next(iter(last.values()))[1][0]["probe"])
+    lines += ["", "### Probe accuracy per factor at the last point", "",
+              "| variant | " + " | ".join(factors) + " |", "|---|" + "---|" * len(factors)]
+    for v, (_, rows) in last.items():
+        lines.append(f"| {v} | " + " | ".join(_ms([r["probe"][f] for r in rows]) for f in factors) + " |")
+    lines += ["", "### Chunk holding the largest share of each factor's DCI importance (per seed)", "",
+              "| variant | " + " | ".join(factors) + " |", "|---|" + "---|" * len(factors)]
+    for v, (_, rows) in last.items():
+        if rows[0].get("alignment") is None:
+            continue
+        cells = []
+        for j, _f in enumerate(factors):
+            tops = [int(np.argmax(np.asarray(r["alignment"]["chunk_importance_share"])[:, j])) for r in rows]
+            cells.append("/".join(map(str, tops)))
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    lines += ["", "### Variants", ""]
+    for v in _order(table):
+        desc = VARIANTS.get(v, (BASELINES.get(v, v), []))[0]
+        rows = last[v][1]
+        ov = rows[0].get("overrides")
+        lines.append(f"- `{v}`: {desc}" + (f" — `{' '.join(ov)}`" if ov else ""))
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(table: dict, folder: Path) -> list[Path]:
+    """One figure per metric: metric vs images seen (log x), mean over seeds with a ±1 std band per variant;
+    the baselines as horizontal lines. And one figure of the probe accuracy per factor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    learned = [v for v in _order(table) if v not in BASELINES]
+    colours = {v: f"C{i}" for i, v in enumerate(learned)}
+    written = []
+
+    def series(v, get):
+        steps = sorted(table[v])
+        xs, mean, std = [], [], []
+        for st in steps:
+            vals = [get(r) for r in table[v][st]]
+            vals = [x for x in vals if x is not None]
+            if vals:
+                xs.append(table[v][st][0]["images"])
+                mean.append(np.mean(vals))
+                std.append(np.std(vals, ddof=1) if len(vals) > 1 else 0.0)
+        return np.array(xs), np.array(mean), np.array(std)
+
+    def panel(ax, get, title):
+        for v in learned:
+            x, m, sd = series(v, get)
+            if len(x):
+                n = len(table[v][max(table[v])])
+                ax.plot(x, m, marker="o", ms=3, color=colours[v], label=f"{v} ({n} seeds)")
+                ax.fill_between(x, m - sd, m + sd, color=colours[v], alpha=0.2)
+        for b, style in zip(BASELINES, ("--", ":"), strict=True):
+            if b in table:
+                vals = [get(r) for rows in table[b].values() for r in rows]
+                vals = [x for x in vals if x is not None]
+                if vals:
+                    ax.axhline(np.mean(vals), color="gray", linestyle=style, label=b)
+        ax.set_xscale("log")
+        ax.set_xlabel("training images seen")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+
+    for key, label in METRICS.items():
+        fig = Figure(figsize=(6, 4))
+        ax = fig.add_subplot(1, 1, 1)
+        panel(ax, lambda r, key=key: r["metrics"].get(key), label)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = folder / f"{key}.png"
+        fig.savefig(path, dpi=100)
+        written.append(path)
+    any_row = next(r for steps in table.values() for rows in steps.values() for r in rows)
+    factors = list(any_row["probe"])
+    cols = 4
+    rows_n = -(-len(factors) // cols)
+    fig = Figure(figsize=(3.2 * cols, 2.6 * rows_n))
+    for i, f in enumerate(factors):
+        ax = fig.add_subplot(rows_n, cols, i + 1)
+        panel(ax, lambda r, f=f: r["probe"].get(f), f"probe accuracy: {f}")
+        if i == 0:
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = folder / "probe_per_factor.png"
+    fig.savefig(path, dpi=100)
+    written.append(path)
+    return written
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default=None, help=f"comma list of {[*VARIANTS, *BASELINES]} (default: all)")
+    p.add_argument("--seeds", default=None, help="comma list (default 0,1,2; quick: 0)")
+    p.add_argument("--points", default=None, help="comma list of optimizer steps (default 250,...,4000)")
+    p.add_argument("--dci-points", type=int, default=None, help="DCI at the last N points (default 2; quick 1)")
+    p.add_argument("--dm", default=None, help="frozen DM (default: the shipped dm-shapes2-16)")
+    p.add_argument("--attribute-loss", default=None, help="the DM's attribute_loss.json (default: beside the "
+                   "shipped DM) for the diti-imb-sg variant")
+    p.add_argument("--jobs", type=int, default=1, help="(variant, seed) jobs in parallel, one thread each")
+    p.add_argument("--out", default="runs/bench-curves", help="run folders (data, checkpoints)")
+    p.add_argument("--results", default=None, help="point JSON, figures, tables (default "
+                   "benchmarks/results/curves; quick: OUT/results)")
+    p.add_argument("--plot-only", action="store_true", help="only rebuild figures and tables from RESULTS")
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    s = dict(SETTINGS["quick" if args.quick else "full"])
+    if args.points:
+        s["points"] = sorted(int(x) for x in args.points.split(","))
+    if args.dci_points is not None:
+        s["dci_points"] = args.dci_points
+    out = Path(args.out)
+    results = Path(args.results) if args.results else (out / "results" if args.quick else ROOT / "results" / "curves")
+    if args.plot_only:
+        return _finish(results)
+    seeds = [int(x) for x in (args.seeds or s["seeds"]).split(",")]
+    variants = (args.variants or ",".join([*VARIANTS, *BASELINES])).split(",")
+    unknown = [v for v in variants if v not in VARIANTS and v not in BASELINES]
+    if unknown:
+        p.error(f"unknown variants {unknown}; choose from {[*VARIANTS, *BASELINES]}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    data = generate_shapes(out / "data", resolution=s["resolution"], n_train=s["n_train"], n_test=s["n_test"],
+                           seed=0, progress=False, version=2)
+    attribute_loss = args.attribute_loss
+    if args.dm:
+        dm = Path(args.dm)
+    elif args.quick:
+        cfg = build_config(PretrainConfig, s["preset"], overrides=[f"data.path={json.dumps(str(data))}",
+                                                                    "train.progress=false", "train.steps=20"])
+        dm = pretrain(cfg, out / "dm-run", resume=(out / "dm-run" / "config.yaml").is_file())
+    else:
+        dm = shipped_dm2()
+        if dm is None:
+            p.error("the shipped DM dm-shapes2-16 is missing; pass --dm")
+        attribute_loss = attribute_loss or (str(dm / "attribute_loss.json") if (dm / "attribute_loss.json").is_file()
+                                            else None)
+    if "diti-imb-sg" in variants and attribute_loss is None:
+        if args.quick:
+            variants = [v for v in variants if v != "diti-imb-sg"]  # the quick DM has no measured crossings
+        else:
+            p.error("diti-imb-sg needs --attribute-loss")
+
+    threads = 1 if args.jobs > 1 else None
+    # Baselines first (they are the reference lines), then seed-major over the learned variants: what finishes
+    # first is already a comparison of every variant on one seed.
+    jobs = [("baseline", v, seed) for seed in seeds for v in variants if v in BASELINES]
+    jobs += [("curve", v, seed) for seed in seeds for v in variants if v in VARIANTS]
+
+    def submit(kind, v, seed):
+        if kind == "baseline":
+            return run_baseline, (v, seed, s, str(data), str(dm), str(results), threads)
+        return run_curve, (v, seed, s, str(data), str(dm), str(out), str(results), attribute_loss, threads)
+
+    if args.jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
+
+        def stop(signum, frame):  # SIGTERM / SIGINT: end the workers too, never leave them training
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            sys.exit(128 + signum)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        futures = [pool.submit(fn, *a) for fn, a in (submit(*j) for j in jobs)]
+        for f in futures:
+            f.result()
+        pool.shutdown()
+    else:
+        for j in jobs:
+            fn, a = submit(*j)
+            fn(*a)
+    return _finish(results)
+
+
+def _finish(results: Path) -> dict:
+    table = load_points(results)
+    text = format_tables(table)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "curves.md").write_text(text)
+    figures = plot_curves(table, results / "figures") if table else []
+    print(text)
+    return {"table": table, "figures": [str(f) for f in figures], "markdown": str(results / "curves.md")}
+
+
+if __name__ == "__main__":
+    main()

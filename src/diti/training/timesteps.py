@@ -1,0 +1,147 @@
+"""Time-step samplers beside the official uniform t: loss-aware importance sampling and several t per image.
+
+The official objective is the mean over t ~ U{0..T-1} of the per-sample loss l(t). Two options change how t
+is drawn while keeping that expectation (docs/method.md, "Faster optimisation"):
+
+- **Importance sampling** (``objective.timestep_sampling: loss_aware | loss_removed``): t ~ p(t) and each
+  sample's loss is weighted by w(t) = 1 / (T p(t)), so that E_p[w l] = E_uniform[l]. ``loss_aware`` puts p
+  in proportion to the root of the running second moment of l(t), as improved DDPM's loss-second-moment
+  resampler: the history of the last ``history`` losses of every t, uniform until every t has that many,
+  and a uniform floor (p = (1 - u) p_loss + u / T). ``loss_removed`` does the same with the part of the loss
+  the shift decoder removes, r = l_DM(t) - l(t), where l_DM is the frozen DM's own loss on the same x_t (G = 0):
+  it ignores the error no decoder can remove.
+- **Several draws per image** (``objective.draws_per_image: m``): each image gets m (t, eps) draws, one in
+  each of m strata of equal probability under p (inverse-CDF sampling of u_j ~ U[j/m, (j+1)/m)); the encoder
+  runs once per image, the frozen DM and the decoder m times, and the loss is the mean over all draws (the
+  official scale). Under uniform p and m = k the strata are exactly the chunks' t-ranges, so with stop_grad
+  every chunk learns from every image at every step.
+
+Draws are a pure function of (seed, step), as every other draw of a run, and a sampler's state is saved in
+the checkpoint, so that a resumed run is bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .randomness import generator
+
+# an arbitrary key that keeps these draws apart from the loader's (t, eps, flips) of the same step
+_STREAM = 0x7157
+
+
+class TimestepSampler:
+    """Stratified inverse-CDF draws of t from a fixed distribution p (T,), with importance weights.
+
+    ``reweight``: weight each draw by 1 / (T p(t)) (importance sampling of the uniform objective); False keeps
+    weight 1, i.e. the objective becomes the mean under p (the stage- and chunk-balanced departures).
+    """
+
+    def __init__(self, probs: torch.Tensor, reweight: bool):
+        probs = torch.as_tensor(probs, dtype=torch.float64)
+        if probs.ndim != 1 or (probs < 0).any() or not torch.isclose(probs.sum(), torch.ones((), dtype=torch.float64)):
+            raise ValueError("timestep probabilities must be a non-negative vector summing to 1")
+        self.timesteps = len(probs)
+        self.reweight = reweight
+        self._probs = probs
+
+    def probs(self) -> torch.Tensor:
+        """The current p (T,) float64."""
+        return self._probs
+
+    def draw(self, batch: int, draws: int, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """t (batch * draws,) int64 and weights (batch * draws,) float32 for one step's global batch.
+
+        Rows b * draws .. b * draws + draws - 1 are image b's draws, one per stratum [j / draws, (j + 1) / draws).
+        """
+        p = self.probs()
+        g = generator(seed, step, _STREAM)
+        u = (torch.arange(draws, dtype=torch.float64)[None, :] + torch.rand(batch, draws, generator=g,
+                                                                            dtype=torch.float64)) / draws
+        cdf = torch.cumsum(p, 0)
+        cdf = cdf / cdf[-1]
+        # the first t whose CDF exceeds u; a t of probability 0 is never drawn
+        t = torch.searchsorted(cdf, u.reshape(-1), right=True).clamp_(max=self.timesteps - 1)
+        weights = 1.0 / (self.timesteps * p[t]) if self.reweight else torch.ones(len(t), dtype=torch.float64)
+        return t, weights.float()
+
+    def update(self, t: torch.Tensor, loss: torch.Tensor, baseline: torch.Tensor | None = None) -> None:
+        """Record per-sample losses (unweighted) at their t; a fixed distribution ignores them."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class LossAwareSampler(TimestepSampler):
+    """p(t) proportional to sqrt(E[s(t)^2]) over the last ``history`` values of a statistic s at every t.
+
+    ``statistic``: ``loss`` (s = l, the loss-second-moment resampler) or ``removed`` (s = l_DM - l, the loss
+    the decoder removes). Uniform until every t holds ``history`` values; then mixed with the uniform
+    distribution by ``uniform_mix``, a floor p >= uniform_mix / T that bounds the weights: w <= 1 / uniform_mix.
+    """
+
+    def __init__(self, timesteps: int, statistic: str = "loss", history: int = 10, uniform_mix: float = 0.1):
+        if statistic not in ("loss", "removed"):
+            raise ValueError(f"unknown importance statistic {statistic!r}; expected 'loss' or 'removed'")
+        if history < 1:
+            raise ValueError(f"importance history must be >= 1, got {history}")
+        if not 0 < uniform_mix <= 1:
+            raise ValueError(f"importance uniform_mix must be in (0, 1], got {uniform_mix}")
+        super().__init__(torch.full((timesteps,), 1.0 / timesteps, dtype=torch.float64), reweight=True)
+        self.statistic, self.history, self.uniform_mix = statistic, history, uniform_mix
+        self.values = np.zeros((timesteps, history), dtype=np.float64)  # ring buffer per t
+        self.count = np.zeros(timesteps, dtype=np.int64)  # values ever recorded per t
+
+    def warmed_up(self) -> bool:
+        return bool((self.count >= self.history).all())
+
+    def probs(self) -> torch.Tensor:
+        T = self.timesteps
+        if not self.warmed_up():
+            return torch.full((T,), 1.0 / T, dtype=torch.float64)
+        root = np.sqrt(np.mean(self.values**2, axis=1))
+        total = root.sum()
+        if not np.isfinite(total) or total <= 0:
+            return torch.full((T,), 1.0 / T, dtype=torch.float64)
+        p = (1 - self.uniform_mix) * root / total + self.uniform_mix / T
+        return torch.as_tensor(p / p.sum(), dtype=torch.float64)
+
+    def update(self, t: torch.Tensor, loss: torch.Tensor, baseline: torch.Tensor | None = None) -> None:
+        if self.statistic == "removed":
+            if baseline is None:
+                raise ValueError("the loss_removed sampler needs the frozen DM's own per-sample loss")
+            value = baseline.double() - loss.double()
+        else:
+            value = loss.double()
+        for ti, v in zip(t.cpu().tolist(), value.cpu().tolist(), strict=True):  # in batch order: deterministic
+            self.values[ti, self.count[ti] % self.history] = v
+            self.count[ti] += 1
+
+    def state_dict(self) -> dict:
+        # JSON-able and exact: Python floats round-trip through repr
+        return {"statistic": self.statistic, "history": self.history, "uniform_mix": self.uniform_mix,
+                "values": self.values.tolist(), "count": self.count.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        for key in ("statistic", "history", "uniform_mix"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"the checkpoint's sampler has {key}={state[key]!r}, the config {getattr(self, key)!r}")
+        self.values = np.asarray(state["values"], dtype=np.float64).reshape(self.timesteps, self.history)
+        self.count = np.asarray(state["count"], dtype=np.int64)
+
+
+def build_sampler(kind: str, partition, history: int = 10, uniform_mix: float = 0.1) -> TimestepSampler | None:
+    """The sampler of ``objective.timestep_sampling`` (None: the loader's own uniform / fixed draws suffice)."""
+    if kind == "loss_aware":
+        return LossAwareSampler(partition.timesteps, "loss", history, uniform_mix)
+    if kind == "loss_removed":
+        return LossAwareSampler(partition.timesteps, "removed", history, uniform_mix)
+    if kind == "uniform":
+        return TimestepSampler(partition.timestep_probs("uniform"), reweight=False)
+    return TimestepSampler(partition.timestep_probs(kind), reweight=False)

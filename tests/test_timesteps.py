@@ -1,0 +1,150 @@
+"""Time-step samplers (training/timesteps.py): importance weights keep the official objective's expectation,
+stratified draws, the loss-aware state in checkpoints (bit-identical resume), several draws per image."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import quick_cfg
+from diti.partition import Partition
+from diti.training.jobs import train_diti
+from diti.training.timesteps import LossAwareSampler, TimestepSampler, build_sampler
+
+T = 1000
+
+
+def loss_table(seed: int = 0) -> np.ndarray:
+    """A fixed per-t loss l(t): small at small t, a bump in the middle, noise."""
+    t = np.arange(T)
+    rng = np.random.default_rng(seed)
+    return 0.01 + np.exp(-((t - 450) / 150.0) ** 2) + 0.05 * rng.random(T)
+
+
+def warmed_sampler(table: np.ndarray, statistic: str = "loss") -> LossAwareSampler:
+    s = LossAwareSampler(T, statistic, history=3, uniform_mix=0.1)
+    for _ in range(3):
+        t = torch.arange(T)
+        loss = torch.as_tensor(table)
+        s.update(t, loss, baseline=loss * 2 if statistic == "removed" else None)
+    assert s.warmed_up()
+    return s
+
+
+def test_reweighted_estimate_equals_the_uniform_mean_in_expectation():
+    table = loss_table()
+    sampler = warmed_sampler(table)
+    p = sampler.probs().numpy()
+    assert p.sum() == pytest.approx(1.0) and p.min() >= 0.1 / T - 1e-15
+    # exactly: sum_t p(t) w(t) l(t) with w = 1 / (T p(t))
+    assert float(np.sum(p * (1 / (T * p)) * table)) == pytest.approx(table.mean(), rel=1e-12)
+    # and as a Monte-Carlo estimate of stratified draws
+    estimates = []
+    for step in range(200):
+        t, w = sampler.draw(64, 4, seed=0, step=step)
+        estimates.append(float((w.double() * torch.as_tensor(table)[t]).mean()))
+    assert np.mean(estimates) == pytest.approx(table.mean(), rel=0.01)
+    # importance sampling reduces the variance of the estimate against uniform draws of the same count
+    uniform = TimestepSampler(torch.full((T,), 1.0 / T, dtype=torch.float64), reweight=True)
+    plain = [float(torch.as_tensor(table)[uniform.draw(256, 1, 0, s)[0]].mean()) for s in range(200)]
+    assert np.std(estimates) < np.std(plain)
+
+
+def test_probabilities_follow_the_root_second_moment_and_start_uniform():
+    table = loss_table(1)
+    s = LossAwareSampler(T, "loss", history=2, uniform_mix=0.2)
+    assert torch.equal(s.probs(), torch.full((T,), 1.0 / T, dtype=torch.float64))  # before the warm-up
+    s.update(torch.arange(T), torch.as_tensor(table))
+    assert not s.warmed_up() and torch.equal(s.probs(), torch.full((T,), 1.0 / T, dtype=torch.float64))
+    s.update(torch.arange(T), torch.as_tensor(table))
+    expected = 0.8 * table / table.sum() + 0.2 / T  # sqrt(mean(l^2)) = l for a constant history
+    assert np.allclose(s.probs().numpy(), expected / expected.sum())
+    # the removed-loss statistic: baseline - loss (here = loss), ignoring the loss itself
+    r = warmed_sampler(table, "removed")
+    assert np.allclose(r.probs().numpy(), warmed_sampler(table).probs().numpy())
+    with pytest.raises(ValueError, match="frozen DM's own"):
+        r.update(torch.arange(3), torch.ones(3))
+
+
+def test_stratified_draws_fill_one_stratum_each():
+    sampler = build_sampler("uniform", Partition(16, 4, T))
+    t, w = sampler.draw(32, 4, seed=3, step=7)
+    chunks = (t.reshape(32, 4) // 250).numpy()
+    # uniform p and m = k: draw j of every image falls in chunk j's t-range
+    assert (chunks == np.arange(4)).all() and torch.equal(w, torch.ones(128))
+    again, _ = sampler.draw(32, 4, seed=3, step=7)
+    assert torch.equal(t, again) and not torch.equal(t, sampler.draw(32, 4, seed=3, step=8)[0])
+    # a stage-balanced distribution keeps its meaning: no reweighting (a departure from the official mean)
+    stage = build_sampler("stage_balanced", Partition(16, 4, T, (100, 1000), (4, 12)))
+    t, w = stage.draw(2000, 1, 0, 0)
+    assert 0.45 < float((t < 100).double().mean()) < 0.55 and torch.equal(w, torch.ones(2000))
+
+
+def test_sampler_state_round_trip_and_mismatch():
+    s = warmed_sampler(loss_table())
+    state = json.loads(json.dumps(s.state_dict()))
+    other = LossAwareSampler(T, "loss", history=3, uniform_mix=0.1)
+    other.load_state_dict(state)
+    assert torch.equal(other.probs(), s.probs()) and (other.count == s.count).all()
+    with pytest.raises(ValueError, match="history"):
+        LossAwareSampler(T, "loss", history=4, uniform_mix=0.1).load_state_dict(state)
+
+
+@pytest.fixture
+def dm50(tmp_path):
+    """A random 16 px DM on a 50-step schedule: the loss-aware sampler warms up within a few steps."""
+    from conftest import QUICK_UNET
+    from diti.diffusion.schedule import NoiseSchedule
+    from diti.models.dm import build_unet, save_dm
+
+    torch.manual_seed(0)
+    return save_dm(build_unet(QUICK_UNET, 16), tmp_path / "dm50", NoiseSchedule(timesteps=50))
+
+
+@pytest.mark.parametrize("options", [("objective.timestep_sampling=loss_aware",),
+                                     ("objective.timestep_sampling=loss_removed", "objective.draws_per_image=2")])
+def test_killed_and_resumed_run_is_bit_identical_with_the_sampler_state(tmp_path, dm50, shapes16, options):
+    common = ("diffusion.timesteps=50", "objective.importance_history=1", "train.checkpoint_every=8", *options)
+    full = train_diti(quick_cfg(dm50, shapes16, "train.steps=16", *common), tmp_path / "full")
+    part = train_diti(quick_cfg(dm50, shapes16, "train.steps=8", *common), tmp_path / "part")
+    state = json.loads((part / "checkpoints/step-00000008/state.json").read_text())["t_sampler"]
+    draws = 2 if "objective.draws_per_image=2" in options else 1
+    assert sum(state["count"]) == 8 * 16 * draws
+    train_diti(quick_cfg(dm50, shapes16, "train.steps=16", *common), part, resume=True)
+    for name in ("model", "ema", "optimizer"):
+        a = load_file(full / f"checkpoints/step-00000016/{name}.safetensors")
+        b = load_file(part / f"checkpoints/step-00000016/{name}.safetensors")
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    a = json.loads((full / "checkpoints/step-00000016/state.json").read_text())["t_sampler"]
+    b = json.loads((part / "checkpoints/step-00000016/state.json").read_text())["t_sampler"]
+    assert a == b
+    # the sampler warmed up during the run: every t was seen, so the second half sampled non-uniformly
+    assert min(a["count"]) >= 1
+
+
+def test_several_draws_per_image_encode_once_and_keep_the_loss_scale(random_dm):
+    from diti.config import DiTiConfig, build_config
+    from diti.models.diti import DiTiModel
+    from diti.models.dm import load_dm
+
+    cfg = build_config(DiTiConfig, "shapes-quick", overrides=[f'dm="{random_dm}"'])
+    torch.manual_seed(0)
+    model = DiTiModel.from_config(cfg, load_dm(random_dm))
+    calls = []
+    model.encoder.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    x0 = torch.rand(3, 3, 16, 16) * 2 - 1
+    t = torch.tensor([10, 300, 600, 20, 400, 900])
+    noise = torch.randn(6, 3, 16, 16)
+    out = model(x0, t, noise)
+    assert calls == [3] and out.per_sample.shape == (6,) and out.baseline.shape == (6,)
+    # draw j of image i is the m = 1 loss of image i at that (t, eps)
+    single = model(x0.repeat_interleave(2, 0), t, noise)
+    assert torch.allclose(out.per_sample, single.per_sample, atol=1e-6)
+    assert torch.allclose(out.mean, single.mean, atol=1e-7)
+    with pytest.raises(ValueError, match="m draws"):
+        model(x0, t[:5], noise[:5])
