@@ -85,6 +85,10 @@ def test_callbacks_cache_inversions_and_redecode_only(explorer):
     assert np.array_equal(other[:: explorer.display // 32, :: explorer.display // 32], api)
     zero, _ = explorer.counterfactual(a, b, [], [0, 1, 2, 3], 0.0)
     assert np.array_equal(zero, rec)  # alpha 0: a's reconstruction
+    clipped = Explorer(model, steps=STEPS, clip_x0=True)
+    assert np.array_equal(clipped.counterfactual(a, b, [], [1, 3], 0.3)[0][:: explorer.display // 32, :: explorer.display // 32],
+                          model.counterfactual(a, b, chunks=[1, 3], alpha=0.3, mode="interpolate", steps=STEPS,
+                                               output_type="np", clip_x0=True)[0])
     strip, message = explorer.strip(a, b)
     assert [label for _, label in strip] == [f"b's {g.label}" for g in model.groups()] and "4 swaps" in message
 

@@ -85,6 +85,7 @@ class Explorer:
         cache_size: int = 64,
         gallery_size: int = GALLERY_SIZE,
         display: int = DISPLAY,
+        clip_x0: bool = False,
     ):
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
@@ -94,6 +95,7 @@ class Explorer:
         self.cache = InversionCache(cache_size)
         self.gallery_size = gallery_size
         self.display = display
+        self.clip_x0 = clip_x0  # clip the predicted x_0 at every decoding step (the official samplers' choice)
         self._lock = threading.Lock()  # one model call at a time (gradio runs callbacks in threads)
 
     # ------------------------------------------------------------------------------------------------
@@ -102,8 +104,9 @@ class Explorer:
         m = self.model
         data = (f"; data: `{self.dataset.name}` ({len(self.dataset)} images)" if self.dataset is not None
                 else "; start with `--data DIR` to pick images from a data set")
+        clip = " (predicted x_0 clipped)" if self.clip_x0 else ""
         return (f"## diti explorer: `{m.name}`\n{m.describe()}; {self.steps} DDIM steps per inversion and "
-                f"decoding{data}. Pick a and b, choose the stages or chunks of z to take from b, set alpha and "
+                f"decoding{clip}{data}. Pick a and b, choose the stages or chunks of z to take from b, set alpha and "
                 "press **swap**.")
 
     def chunk_choices(self) -> list[tuple[str, int]]:
@@ -174,7 +177,7 @@ class Explorer:
             start = time.perf_counter()
             with self._lock:
                 inv, cached = self._invert(image)
-                out = self.model.reconstruct(inversion=inv, steps=self.steps, output_type="np")[0]
+                out = self.model.reconstruct(inversion=inv, steps=self.steps, output_type="np", clip_x0=self.clip_x0)[0]
             took = time.perf_counter() - start
             return self._show(out), f"reconstruction in {took:.2f} s (inversion {'cached' if cached else 'computed'})"
         except INPUT_ERRORS as err:
@@ -192,7 +195,7 @@ class Explorer:
             with self._lock:
                 out = self.model.counterfactual(
                     dims=np.flatnonzero(mask).tolist(), alpha=float(alpha), mode="interpolate", x_T=x_t,
-                    steps=self.steps, inversion_a=inv_a, inversion_b=inv_b, output_type="np",
+                    steps=self.steps, inversion_a=inv_a, inversion_b=inv_b, output_type="np", clip_x0=self.clip_x0,
                 )[0]
             took = time.perf_counter() - start
             what = _describe_selection(stages, chunks)
@@ -208,7 +211,7 @@ class Explorer:
             start = time.perf_counter()
             with self._lock:
                 rows = self.model.swap_each_group(x_T=x_t, steps=self.steps, inversion_a=inv_a, inversion_b=inv_b,
-                                                  output_type="np")
+                                                  output_type="np", clip_x0=self.clip_x0)
             took = time.perf_counter() - start
             items = [(self._show(images[0]), f"b's {group.label}") for group, images in rows]
             return items, f"{len(items)} swaps decoded in {took:.2f} s; inversions {cached}"
@@ -285,12 +288,13 @@ def _gradio():
     return gr
 
 
-def build_app(model: DiTiPipeline, dataset=None, steps: int = DEFAULT_STEPS, explorer: Explorer | None = None):
+def build_app(model: DiTiPipeline, dataset=None, steps: int = DEFAULT_STEPS, explorer: Explorer | None = None,
+              clip_x0: bool = False):
     """The explorer page (a ``gr.Blocks``) for ``model``; ``dataset``: images to pick from (optional).
 
-    ``explorer``: an ``Explorer`` to wire instead of a new one (its own data set and steps are used)."""
+    ``explorer``: an ``Explorer`` to wire instead of a new one (its own data set, steps and clip_x0 are used)."""
     gr = _gradio()
-    ex = explorer or Explorer(model, dataset, steps)
+    ex = explorer or Explorer(model, dataset, steps, clip_x0=clip_x0)
     chunk_choices, stage_choices = ex.chunk_choices(), ex.stage_choices()
     image_kw = dict(type="pil", image_mode=None, format="png", height=ex.display, sources=["upload", "clipboard"])
     out_kw = dict(type="numpy", format="png", height=ex.display, interactive=False)

@@ -440,6 +440,9 @@ def explore(
     host: str = typer.Option("127.0.0.1", help="Address to serve on (127.0.0.1: this machine only)."),
     port: int = typer.Option(7860, help="Port to serve on."),
     steps: int = typer.Option(25, help="DDIM steps of every inversion and decoding."),
+    clip_x0: bool = typer.Option(False, "--clip-x0/--no-clip-x0",
+                                 help="Clip the predicted x0 to [-1, 1] at every DDIM decoding step, as the official "
+                                      "samplers do (never in the inversion)."),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
     threads: int = typer.Option(None, help="torch CPU threads (default: torch's, one per core); 1 is much faster "
                                 "when other jobs share the cores (benchmarks/RESULTS.md)."),
@@ -460,7 +463,7 @@ def explore(
             torch.set_num_threads(threads)
         pipe = _pipeline(run, device, dm=dm)
         dataset = pipe.dataset(data, split) if data is not None else None
-        demo = build_app(pipe, dataset, steps=steps)
+        demo = build_app(pipe, dataset, steps=steps, clip_x0=clip_x0)
     except USER_ERRORS as err:
         _fail(err)
     typer.echo(f"diti explore: {pipe.describe()} on http://{host}:{port} (Ctrl-C stops it)")
