@@ -23,7 +23,7 @@ from diti.evaluation.attribute_loss import AttributeLossResult
 from diti.evaluation.features import save_features
 from diti.evaluation.fidelity import FidelityResult
 from diti.evaluation.probe import linear_probe
-from diti.evaluation.report import OLD_PROTOCOL, fmt_value, write_report
+from diti.evaluation.report import OLD_PROTOCOL, _matrix_table, fmt_value, write_report
 from diti.evaluation.runs import disentangle_features
 from diti.partition import Partition
 from diti.training.run import write_run_files
@@ -266,7 +266,11 @@ def test_report_reads_like_a_results_section(tmp_path, results):
     chunks = _body_rows(page.table("diti-k4"))  # the first table under the run's heading
     assert [r[0][0] for r in chunks] == NAMES and all(len(r) == 5 for r in chunks)
     assert all(abs(sum(float(c[0]) for c in r[1:]) - 1) < 0.01 for r in chunks)
-    assert "fidelity" in body.lower() and "takes source" in body and "ceiling (reconstructions)" in body
+    fidelity = [t["rows"] for t in page.tables if any(c[0] == "takes source" for c in t["rows"][0])]
+    assert len(fidelity) == 2  # one per run
+    takes = np.asarray(_fidelity()["takes_source"])  # (groups, factors)
+    for j, row in enumerate(_body_rows(fidelity[0])):
+        assert row[0][0] == NAMES[j] and [c[0] for c in row[1:5]] == [f"{v:.3f}" for v in takes[:, j]]
     for expected in ("counterfactual.png", "partition: diti-k4", "d=8, k=4, T=1000", "<b>escaped</b>",
                      "Attribute loss against time-step", "Training"):
         assert expected in body, expected
@@ -367,6 +371,20 @@ def test_report_fits_1400_px_in_a_browser(tmp_path, results):
     assert widest > client and scroll <= client <= 1400, (widest, scroll, client)
     assert broken == 0
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
+
+
+def test_many_chunks_read_down_the_page():
+    """k > 16 chunks: the factor x chunk share table is transposed (a row per chunk, a column per factor)."""
+    labels = [f"chunk {i}: t {50 * i}-{50 * i + 49}, dims {i}-{i}" for i in range(20)]
+    share = np.random.default_rng(0).dirichlet(np.ones(20), size=3).T  # (chunks, factors)
+    page = _parse(_matrix_table("factor", NAMES, labels, share, "share"))
+    rows = _body_rows(page.tables[0]["rows"])
+    assert [r[0][0] for r in rows] == labels and [c[0] for c in page.tables[0]["rows"][1]] == NAMES
+    for j in range(3):  # the chunk holding most of each factor is in bold
+        bold = [i for i, r in enumerate(rows) if r[j + 1][1] == "best"]
+        assert bold == [int(share[:, j].argmax())]
+    few = _parse(_matrix_table("factor", NAMES, labels[:4], share[:4], "share"))
+    assert [r[0][0] for r in _body_rows(few.tables[0]["rows"])] == NAMES
 
 
 def test_figures(tmp_path):

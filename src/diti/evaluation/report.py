@@ -340,7 +340,7 @@ class RunInfo:
             self.eval_pngs = sorted(folder.glob("*.png"))
             self.other_json = sorted(p for p in folder.glob("*.json") if p.name not in KNOWN_JSON)
         for name in self._expected_results():
-            if name not in self.json:
+            if not (folder / name).is_file():  # (an unreadable one is listed in ``missing``)
                 self.missing_results[name] = self.command(name)
 
     def _read_run_files(self) -> None:
@@ -398,7 +398,7 @@ class RunInfo:
         try:
             classes = json.loads(meta.read_text())["classes"] if meta.is_file() else None
             attrs = Attributes.from_csv(csv, classes=classes)
-        except (ValueError, KeyError, json.JSONDecodeError):
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
             return {}
         values = np.asarray(attrs.values)
         return {n: float(np.bincount(values[:, i].astype(np.int64)).max() / len(values))
@@ -652,7 +652,8 @@ def _per_factor(infos: Sequence[RunInfo], al_sources: Sequence[tuple[str, dict, 
 def _probe_table(probed: Sequence[RunInfo], factors: Sequence[str], figs: _Figures) -> str:
     probes = {i.name: i.json["probe.json"] for i in probed}
     groups: list[Group] = []
-    chance_cols = [Col(i.name, [c.get(f) for f in factors]) for i in probed if (c := i.chance())]
+    chance_cols = [Col(i.name, [c.get(f) for f in factors]) for i in probed
+                   if (c := i.chance()) and any(f in c for f in factors)]
     if chance_cols and all(c.values == chance_cols[0].values for c in chance_cols):
         chance_cols = [Col("chance", chance_cols[0].values)]
     if chance_cols:
@@ -717,15 +718,16 @@ def _factor_table(measured: Sequence[RunInfo], factors: Sequence[str],
     return body
 
 
-def _matrix_table(corner: str, rows: Sequence[str], cols: Sequence[str], m: np.ndarray, title: str,
-                  rule: str | None = "max") -> str:
-    """m (len(cols), len(rows)) as a table with ``rows`` as rows, or transposed when there are many columns."""
-    if len(cols) > MAX_MATRIX_COLUMNS:  # many chunks: chunks as rows, factors as columns
-        group = Group(title, [Col(r, [float(v) for v in m[:, j]], html_title=False) for j, r in enumerate(rows)],
+def _matrix_table(corner: str, rows: Sequence[str], cols: Sequence[str], m: np.ndarray, title: str) -> str:
+    """m (len(cols), len(rows)), e.g. chunks x factors, as a table with ``rows`` as rows and the largest value
+    of each row in bold; transposed (chunks as rows, the largest of each column in bold) when there are more
+    than MAX_MATRIX_COLUMNS columns, so that k = 64 chunks read down the page instead of across it."""
+    if len(cols) > MAX_MATRIX_COLUMNS:
+        group = Group(title, [Col(r, [float(v) for v in m[:, j]], best="max") for j, r in enumerate(rows)],
                       shade=True)
-        return grid_table("group", [_short(c) if len(c) > 24 else c for c in cols], [group])
+        return grid_table("chunk", list(cols), [group])
     group = Group(title, [Col(_header_html(c), [float(v) for v in m[g]], html_title=True)
-                          for g, c in enumerate(cols)], rule, shade=True)
+                          for g, c in enumerate(cols)], "max", shade=True)
     return grid_table(corner, rows, [group])
 
 
@@ -787,7 +789,8 @@ def _fidelity(infos: Sequence[RunInfo]) -> str:
     body += note("Each dim group of z is swapped from a source image into a target, the result is decoded and a "
                  "factor classifier trained on real images names its factors. Takes source: P(classified as the "
                  "source's value | source and target differ in the factor); keeps target: the same for the "
-                 "target's value. Ceiling: the classifier's accuracy on plain DDIM reconstructions.")
+                 "target's value. Ceiling: the classifier's accuracy on plain DDIM reconstructions; real images: on "
+                 "the targets themselves; pairs: (source, target) pairs that differ in the factor.")
     for info in present:
         f = info.json["fidelity.json"]
         factors, labels = f.get("factor_names", []), f.get("group_labels", [])
@@ -795,9 +798,10 @@ def _fidelity(infos: Sequence[RunInfo]) -> str:
         clf = f.get("classifier", {})
         text = f"{f.get('num_pairs', '?')} pairs, {f.get('num_steps', '?')} DDIM steps, seed {f.get('seed', '?')}"
         if isinstance(clf, Mapping) and "mean_test_accuracy" in clf:
-            epochs = clf.get("epochs", "?")
-            text += (f"; factor classifier: mean test accuracy {fmt_value(clf['mean_test_accuracy'])} "
-                     f"({epochs} epoch{'' if epochs == 1 else 's'} on {fmt_value(clf.get('num_train'))} images)")
+            text += f"; factor classifier: mean test accuracy {fmt_value(clf['mean_test_accuracy'])}"
+            epochs, rows = clf.get("epochs"), clf.get("num_train")
+            if epochs is not None and rows is not None:
+                text += f" ({epochs} epoch{'' if epochs == 1 else 's'} on {fmt_value(rows)} images)"
         body += note(text)
         groups = []
         for title, key in (("takes source", "takes_source"), ("keeps target", "keeps_target")):
@@ -806,8 +810,8 @@ def _fidelity(infos: Sequence[RunInfo]) -> str:
                 groups.append(Group(title, [Col(_header_html(lb), list(m[g]), html_title=True)
                                             for g, lb in enumerate(labels)], "max" if key == "takes_source" else None,
                                     shade=True))
-        for title, key in (("ceiling (reconstructions)", "reconstruction_accuracy"),
-                           ("real images", "real_accuracy"), ("pairs differing", "num_differ")):
+        for title, key in (("ceiling", "reconstruction_accuracy"), ("real images", "real_accuracy"),
+                           ("pairs", "num_differ")):
             v = f.get(key)
             if isinstance(v, list) and len(v) == len(factors):
                 groups.append(Group(title, [Col(title, list(v))], shade=key != "num_differ"))
