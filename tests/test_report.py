@@ -161,7 +161,8 @@ def _attribute_loss() -> dict:
 
 def _fidelity() -> dict:
     g = 4
-    return FidelityResult(NAMES, [f"chunk {i}: t {250 * i}-{250 * i + 249}, dims {2 * i}-{2 * i + 1}" for i in range(g)],
+    labels = [f"chunk {i}: t {250 * i}-{250 * i + 249}, dims {2 * i}-{2 * i + 1}" for i in range(g)]
+    return FidelityResult(NAMES, labels,
                           [(2 * i, 2 * i + 2) for i in range(g)], [(250 * i, 250 * i + 249) for i in range(g)],
                           np.eye(g, 3) * 0.8, 1 - np.eye(g, 3) * 0.8, np.array([5, 6, 7]), np.array([0.9, 0.8, 0.7]),
                           np.array([1.0, 0.95, 0.9]), 8, 5, 0).to_dict()

@@ -50,7 +50,7 @@ EVAL_DIR = "eval"
 KNOWN_JSON = ("probe.json", "disentangle.json", "fidelity.json", "attribute_loss.json")
 # PNGs shown beside the table they explain; every other PNG of RUN/eval/ goes to "Counterfactuals and figures"
 SECTION_PNGS = ("alignment.png", "fidelity.png", "attribute_loss.png")
-MAX_JSON_CHARS = 200_000  # a JSON file shown verbatim is cut here
+MAX_JSON_CHARS = 1_000_000  # a JSON file shown verbatim is cut here (d = 512 x 40 factors fits)
 MAX_MATRIX_COLUMNS = 16  # a group x factor matrix with more groups than this is shown with groups as rows
 
 # The command that writes each result ({run}: the run folder as given).
@@ -146,7 +146,8 @@ def pair(table_html: str, figure_html: str) -> str:
 def columns(cells: Sequence[str]) -> str:
     """Side-by-side columns (one per run)."""
     body = "".join(tag("div", c) for c in cells)
-    return tag("div", body, class_="cols", style=f"grid-template-columns: repeat({max(1, len(cells))}, minmax(0, 1fr));")
+    style = f"grid-template-columns: repeat({max(1, len(cells))}, minmax(0, 1fr));"
+    return tag("div", body, class_="cols", style=style)
 
 
 def fmt_value(v: object) -> str:
@@ -602,21 +603,24 @@ def _headline(infos: Sequence[RunInfo]) -> str:
                  "chunk: the same D and C with the importance summed over each chunk's dims. Higher is better "
                  "everywhere; the best run in bold. The rows and votes behind each number: below.")
     # one line per distinct probe budget and protocol, naming the runs it applies to
-    texts: dict[str, list[str]] = {}
+    probe_texts: dict[str, list[str]] = {}
+    dis_texts: dict[str, list[str]] = {}
     epochs: list[str] = []
     for info, p, d in zip(infos, probes, dis, strict=True):
         if p:
-            texts.setdefault(f"{p.get('task', '?')} probe, {budget_text(p)}", []).append(info.name)
+            probe_texts.setdefault(f"{p.get('task', '?')} probe, {budget_text(p)}", []).append(info.name)
             epochs.append(f"{info.name}: {epoch_text(p)}")
         if d:
-            texts.setdefault(f"disentanglement protocol {protocol_text(d)}", []).append(info.name)
+            dis_texts.setdefault(f"disentanglement protocol {protocol_text(d)}", []).append(info.name)
             cl = d.get("chunk_level")
-            texts.setdefault(f"chunk level over {len(cl.get('chunk_labels', []))} groups ({cl.get('source', '?')})"
-                             if isinstance(cl, Mapping) else "chunk level not recorded: rerun `"
-                             + info.command("disentangle.json") + "` for it", []).append(info.name)
-    lines = [tag("li", with_code(f"{', '.join(names)}: {text}")) for text, names in texts.items()]
+            dis_texts.setdefault(f"chunk level over {len(cl.get('chunk_labels', []))} groups "
+                                 f"({cl.get('source', '?')})" if isinstance(cl, Mapping)
+                                 else f"chunk level not recorded: rerun `{info.command('disentangle.json')}` for it",
+                                 []).append(info.name)
+    lines = [tag("li", with_code(f"{', '.join(names)}: {text}")) for text, names in probe_texts.items()]
     if epochs:
-        lines.insert(1, tag("li", esc("probe epoch chosen on the validation split: " + "; ".join(epochs))))
+        lines.append(tag("li", esc("probe epoch chosen on the validation split: " + "; ".join(epochs))))
+    lines += [tag("li", with_code(f"{', '.join(names)}: {text}")) for text, names in dis_texts.items()]
     for info in infos:
         lines += [tag("li", with_code(f"{info.name}: {info.missing_text(r)}"), class_="missing")
                   for r in ("probe.json", "disentangle.json") if r in info.missing_results]
@@ -774,8 +778,10 @@ def _where(infos: Sequence[RunInfo], figs: _Figures) -> str:
             stage_groups.append(Group(title, [Col(_header_html(lb), [float(v) for v in m[g]], html_title=True)
                                               for g, lb in enumerate(labels)], "max", shade=True))
         stage_html = grid_table("factor", factors, stage_groups) if stage_groups else ""
-        png, err = figs.png(info.eval_folder / "alignment.png", lambda out, d=d, name=info.name: plot_alignment(d, out, name))
-        body += pair(chunk_html + stage_html, _figure_or_note(png, err, f"{info.name}: alignment.png (per stage)"))
+        png, err = figs.png(info.eval_folder / "alignment.png",
+                            lambda out, d=d, name=info.name: plot_alignment(d, out, name))
+        fig = _figure_or_note(png, err, f"{info.name}: alignment.png (per stage)")
+        body += pair(chunk_html + stage_html, fig)
         body += json_details(d, f"raw disentangle.json: {info.name}")
     return body
 
