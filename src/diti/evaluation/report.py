@@ -50,7 +50,7 @@ EVAL_DIR = "eval"
 KNOWN_JSON = ("probe.json", "disentangle.json", "fidelity.json", "attribute_loss.json")
 # PNGs shown beside the table they explain; every other PNG of RUN/eval/ goes to "Counterfactuals and figures"
 SECTION_PNGS = ("alignment.png", "fidelity.png", "attribute_loss.png")
-MAX_JSON_CHARS = 1_000_000  # a JSON file shown verbatim is cut here (d = 512 x 40 factors fits)
+MAX_JSON_CHARS = 1_000_000  # a JSON file shown verbatim is cut here (the page says so)
 MAX_MATRIX_COLUMNS = 16  # a group x factor matrix with more groups than this is shown with groups as rows
 
 # The command that writes each result ({run}: the run folder as given).
