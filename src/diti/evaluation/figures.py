@@ -111,7 +111,7 @@ def plot_loss_per_t(loss_per_t_json: str | Path | Mapping, out: str | Path, titl
         fig = Figure(figsize=(WIDTH, 2.6))
         ax = fig.subplots()
         ax_count = ax.twinx()
-        # one filled step outline, not T bars: the same picture, drawn ~100x faster (T = 1000)
+        # one filled step outline, not T bars: the same picture, ~4x faster to draw at T = 1000 (0.42 s vs 1.8 s)
         ax_count.fill_between(t, count, step="mid", color="0.6", alpha=0.25, linewidth=0)
         ax_count.set_ylabel("samples per t", color="0.5")
         ax_count.tick_params(axis="y", colors="0.5")
