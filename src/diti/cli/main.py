@@ -217,8 +217,10 @@ def probe(
 
 
 @app.command(epilog=(
-    "Cost (reference protocol, dominated by the GBT fits; 2-core AMD EPYC, nothing else running): "
-    "DISENTANGLE_TIMING. --protocol fast fits on 2,000 rows."))
+    "Cost, dominated by the GBT fits (measured on a 2-core AMD EPYC): 10,000 x 64 codes with 7 factors "
+    "take 7.1 CPU-minutes with the reference protocol (10 min 47 s wall with --jobs 2 beside two other "
+    "jobs); the GBT cost grows about linearly with rows x dims x classes. --protocol fast fits on 2,000 "
+    "rows."))
 def disentangle(
     run: Path = typer.Argument(None, help="A `diti train` run folder (encoded with its EMA encoder)."),
     data: Path = typer.Option(None, help="Data with known categorical factors (with RUN), e.g. the shapes data."),
