@@ -61,18 +61,19 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 BASELINES = {"pixel-pca": "first d principal components of the pixels", "random-encoder": "untrained encoder"}
 
 SETTINGS = {
-    "full": dict(preset="shapes-bench", resolution=32, n_train=10000, n_test=2000, protocol="fast",
-                 fidelity_pairs=128, fidelity_steps=25, classifier_epochs=2, seeds="0,1,2"),
+    "full": dict(preset="shapes-bench", resolution=32, n_train=10000, n_test=2000, protocol="reference",
+                 fidelity_pairs=128, fidelity_steps=25, classifier_epochs=2, seeds="0,1,2", probe_steps=None),
+    # quick: a format check; its probes get a short budget (probe_steps) and say so in their budget
     "quick": dict(preset="shapes-quick", resolution=16, n_train=256, n_test=128, protocol="fast",
-                  fidelity_pairs=8, fidelity_steps=5, classifier_epochs=1, seeds="0"),
+                  fidelity_pairs=8, fidelity_steps=5, classifier_epochs=1, seeds="0", probe_steps=200),
 }
 
 
 def evaluate(train, test, partition: Partition, model, clf, test_set, s, seed) -> dict:
     """Probe, DCI/MIG/FactorVAE + alignment and (for learned models) fidelity of one code."""
-    probe = probe_features(train, test, task="multiclass", seed=seed)
+    probe = probe_features(train, test, task="multiclass", seed=seed, steps=s["probe_steps"])
     dis = disentangle_features(train, test, partition, protocol=s["protocol"], max_groups=max(partition.k, 4),
-                               seed=seed, progress=False)
+                               seed=seed, progress=False, n_jobs=1, steps=s["probe_steps"])
     share = np.array(dis["alignment"]["group_importance_share"])
     row = {
         "probe": {n: probe.per_attribute[n]["accuracy"] for n in probe.names},
