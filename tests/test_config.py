@@ -110,3 +110,11 @@ def test_paper_presets(name, resolution, k, mode, steps):
         assert cfg.partition.dims_per_stage == [10, 25, 327, 100, 50]
     if resolution == 128:
         assert cfg.encoder.channels == [64, 128, 256, 256, 256]
+
+
+def test_yaml_bool_words_are_read_back_as_the_option_they_spell():
+    # YAML 1.1 reads an unquoted `no` as False; for a Literal field it is the option "no".
+    cfg = build_config(DiTiConfig, None, overrides=["train.mixed_precision=no"])
+    assert cfg.train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        build_config(DiTiConfig, None, overrides=["train.mixed_precision=yes"])

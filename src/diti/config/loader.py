@@ -120,6 +120,9 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
+_YAML_BOOL_WORDS = {False: ("no", "off", "false", "n"), True: ("yes", "on", "true", "y")}
+
+
 def _convert(tp: Any, value: Any, path: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and convert where lossless (int -> float, list -> tuple)."""
     origin = typing.get_origin(tp)
@@ -143,6 +146,10 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         items = [_convert(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is typing.Literal:
+        if isinstance(value, bool) and value not in args:
+            # YAML 1.1 reads an unquoted no/off/yes/on as a bool: take it back to the option it spelt.
+            spelt = [a for a in (_YAML_BOOL_WORDS[value]) if a in args]
+            value = spelt[0] if spelt else value
         if value not in args:
             raise ConfigError(f"{path}: {value!r} is not one of {', '.join(repr(a) for a in args)}")
         return value
