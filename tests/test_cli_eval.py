@@ -88,7 +88,9 @@ def test_fidelity(tiny_run, shapes16):
     assert "takes source" in out.lower() or "takes_source" in out
     result = json.loads((tiny_run / "eval" / "fidelity.json").read_text())
     assert len(result["takes_source"]) == len(result["group_labels"])
-    assert (tiny_run / "eval" / "fidelity.png").is_file()
+    assert (tiny_run / "eval" / "fidelity.png").is_file() and result["clip_x0"] is False
+    invoke("fidelity", tiny_run, "--data", shapes16, "--pairs", 4, "--steps", 3, "--clip-x0")
+    assert json.loads((tiny_run / "eval" / "fidelity.json").read_text())["clip_x0"] is True
 
 
 def test_evaluation_errors(tiny_run, shapes16):

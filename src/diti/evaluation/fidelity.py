@@ -250,6 +250,7 @@ class FidelityResult:
     num_pairs: int
     num_steps: int
     seed: int
+    clip_x0: bool = False  # decodings clipped their predicted x_0 to [-1, 1] at every step
 
     def to_dict(self) -> dict:
         """JSON-ready: arrays as nested lists, NaN as None."""
@@ -274,6 +275,7 @@ class FidelityResult:
             "num_pairs": self.num_pairs,
             "num_steps": self.num_steps,
             "seed": self.seed,
+            "clip_x0": self.clip_x0,
             "definitions": {
                 "takes_source": "P(pred == source value | source and target differ in the factor)",
                 "keeps_target": "P(pred == target value | source and target differ in the factor)",
@@ -297,7 +299,8 @@ class FidelityResult:
             )
             lines.append("")
         lines.append(
-            f"{self.num_pairs} pairs, {self.num_steps} DDIM steps, seed {self.seed}; pairs differing per "
+            f"{self.num_pairs} pairs, {self.num_steps} DDIM steps{', x0 clipped' if self.clip_x0 else ''}, "
+            f"seed {self.seed}; pairs differing per "
             f"factor: {', '.join(str(int(n)) for n in self.num_differ)}"
         )
         return "\n".join(lines)
@@ -325,11 +328,13 @@ def counterfactual_fidelity(
     include_all: bool = True,
     batch_size: int | None = None,
     progress: bool = True,
+    clip_x0: bool = False,
 ) -> FidelityResult:
     """Swap each dim group from source into target, decode from the target's x_T, classify (module docstring).
 
     The classifier's factors must be categorical attributes of ``dataset`` (normally its test split). All
     pairs of a group are decoded as one batch (or in batches of ``batch_size``) on the model's device.
+    ``clip_x0`` clips the predicted x_0 to [-1, 1] at every decoding step (never in the inversion).
     """
     device = next(model.parameters()).device
     classifier = classifier.to(device).eval()
@@ -353,7 +358,7 @@ def counterfactual_fidelity(
     z_tgt, xT_tgt = _batched(lambda x: invert(model, x, num_steps), num_pairs, batch_size, x_tgt)
 
     # 2. the ceiling: plain reconstructions of the targets
-    recon = decode(model, z_tgt, xT_tgt, num_steps, batch_size)
+    recon = decode(model, z_tgt, xT_tgt, num_steps, batch_size, clip_x0=clip_x0)
     recon_acc = (classifier.predict(recon) == tgt_lab).mean(0)
     real_acc = (classifier.predict(x_tgt) == tgt_lab).mean(0)
 
@@ -363,7 +368,7 @@ def counterfactual_fidelity(
     for g, group in enumerate(tqdm(groups, desc="fidelity groups", disable=not progress)):
         mask = torch.as_tensor(group.mask(part.latent_dim), device=device)
         z = torch.where(mask, z_src, z_tgt)
-        pred = classifier.predict(decode(model, z, xT_tgt, num_steps, batch_size))
+        pred = classifier.predict(decode(model, z, xT_tgt, num_steps, batch_size, clip_x0=clip_x0))
         for f in range(len(names)):
             rows = differ[:, f]
             if rows.any():
@@ -383,6 +388,7 @@ def counterfactual_fidelity(
         num_pairs=int(num_pairs),
         num_steps=int(num_steps),
         seed=int(seed),
+        clip_x0=bool(clip_x0),
     )
 
 
