@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -116,3 +117,17 @@ def test_attribute_loss_and_report(tiny_run, shapes16, tmp_path):
     assert (tiny_run / "report.html").is_file()
     result = runner.invoke(app, ["report", str(tiny_run), str(tiny_run)])
     assert result.exit_code == 2 and "--out is required" in result.output
+
+
+def test_evaluation_refuses_splits_that_are_the_same_images(tiny_run, tmp_path):
+    """A plain image folder opens the whole folder for every split: a probe would be tested on its training set."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    rows = ["file,shape"]
+    for i in range(6):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(plain / f"{i}.png")
+        rows.append(f"{i}.png,{i % 2}")
+    (plain / "attributes.csv").write_text("\n".join(rows) + "\n")
+    for command in ("probe", "disentangle"):
+        result = runner.invoke(app, [command, str(tiny_run), "--data", str(plain)])
+        assert result.exit_code == 2 and "same 6 images" in result.output, result.output

@@ -456,8 +456,9 @@ get the CelebA crop first. Needs the `lmdb` package.""",
 <root>/**/*.png|jpg|jpeg|bmp|webp   every image, recursively (sorted relative paths, hidden files skipped)
 <root>/attributes.csv               optional: a "file" column (paths relative to the folder), numeric columns
 With train/, valid/, val/, validation/ or test/ sub-folders each is a split (each may hold attributes.csv);
-otherwise the whole folder is every split. Images are centre-cropped and resized (data.resize). FFHQ, LSUN
-exported to files, and any other unlabelled set use this format.""",
+otherwise the whole folder is every split (so `diti probe` and `diti disentangle` refuse it). Images are
+centre-cropped and resized (data.resize). FFHQ, LSUN exported to files, and any other unlabelled set use this
+format.""",
         splits=lambda root, attributes: [d for d in SPLIT_DIRS if (root / d).is_dir()] or ["train"],
     ),
 }

@@ -113,6 +113,23 @@ def probe_features(
                         valid=as_pair.get("valid"), train_flipped=train_flipped, **kwargs)
 
 
+def check_distinct_splits(cfg, data: str | Path, splits) -> None:
+    """Refuse to evaluate on splits that are the same images (a plain image folder has no split: every split
+    name opens the whole folder), which would test a probe or a metric on its own training codes."""
+    seen: dict[tuple, str] = {}
+    for split in dict.fromkeys(s for s in splits if s):
+        ds = cfg.data.open(split, data)
+        files = getattr(ds, "files", None)
+        if files is None:
+            continue
+        key = (str(Path(getattr(ds, "root", "")).resolve()), tuple(files))
+        if key in seen:
+            raise ValueError(f"{data}: the {seen[key]!r} and {split!r} splits are the same {len(files)} images (a "
+                             "folder without train/ and test/ subfolders has no split), so the evaluation would "
+                             "test on its training set; put the images in train/ and test/ subfolders")
+        seen[key] = split
+
+
 def probe_run(
     run: str | Path, data: str | Path, train_split: str = "train", test_split: str = "test",
     valid_split: str | None = None, device: str | torch.device = "cpu", hflip: bool = False,
@@ -122,6 +139,7 @@ def probe_run(
     from ..training.jobs import load_diti_run
 
     model, cfg = load_diti_run(run, device=device)
+    check_distinct_splits(cfg, data, [train_split, test_split, valid_split])
     feats = {s: run_features(model, cfg, run, data, s, device, progress=progress)
              for s in {train_split, test_split, *([valid_split] if valid_split else [])}}
     flipped = run_features(model, cfg, run, data, train_split, device, flipped=True, progress=progress)[0] if hflip else None
@@ -317,6 +335,7 @@ def disentangle_run(
     from ..training.jobs import load_diti_run
 
     model, cfg = load_diti_run(run, device=device)
+    check_distinct_splits(cfg, data, [train_split, test_split])
     train = run_features(model, cfg, run, data, train_split, device, progress=progress)
     test = run_features(model, cfg, run, data, test_split, device, progress=progress)
     ref = partition_of(reference, model.partition.latent_dim) if reference is not None else None
