@@ -34,8 +34,12 @@ setup: $(STAMP) browser
 demo: $(STAMP)
 	$(VENV)/bin/diti demo --out runs/demo
 
+# Every test runs on one torch thread (tests/conftest.py), so TEST_WORKERS processes share the cores: on 2 cores
+# 2 workers take the suite from 8 min 16 s to 4 min 17 s (measured, benchmarks/RESULTS.md).
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
