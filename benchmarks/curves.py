@@ -262,11 +262,12 @@ def load_points(results: Path) -> dict[str, dict[int, list[dict]]]:
     return table
 
 
-def _ms(values) -> str:
+def _ms(values, fmt: str = ".3f") -> str:
     values = np.asarray([v for v in values if v is not None], dtype=float)
     if len(values) == 0:
         return "–"
-    return f"{values.mean():.3f}" if len(values) == 1 else f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+    return (f"{values.mean():{fmt}}" if len(values) == 1
+            else f"{values.mean():{fmt}} ± {values.std(ddof=1):{fmt}}")
 
 
 def _order(table: dict) -> list[str]:
@@ -307,7 +308,7 @@ def format_tables(table: dict) -> str:
         rows = table[v][step]
         last[v] = (step, rows)
         cells = [_ms([r["metrics"].get(m) for r in rows]) for m in METRICS]
-        minutes = _ms([r["train_seconds"] / 60 for r in rows])
+        minutes = _ms([r["train_seconds"] / 60 for r in rows], ".1f")
         lines.append(f"| {v} | {rows[0]['images']:,} | {len(rows)} | " + " | ".join(cells) + f" | {minutes} |")
     lines += ["", "### The last doubling: change of the probe mean (and DCI-D) from the previous point", "",
               "| variant | from | to | Δ probe mean | Δ DCI-D |", "|---|---|---|---|---|"]
@@ -335,8 +336,8 @@ def format_tables(table: dict) -> str:
             hits = [reach(table[v], seed, target) for seed in sorted({r["seed"] for rows in table[v].values()
                                                                       for r in rows})]
             reached = [h for h in hits if h is not None]
-            lines.append(f"| {v} | {len(reached)} of {len(hits)} | {_ms([h[0] for h in reached])} | "
-                         f"{_ms([h[1] / 60 for h in reached])} |")
+            lines.append(f"| {v} | {len(reached)} of {len(hits)} | {_ms([h[0] for h in reached], ',.0f')} | "
+                         f"{_ms([h[1] / 60 for h in reached], '.1f')} |")
     factors = list(next(iter(last.values()))[1][0]["probe"])
     lines += ["", "### Probe accuracy per factor at the last point", "",
               "| variant | " + " | ".join(factors) + " |", "|---|" + "---|" * len(factors)]
