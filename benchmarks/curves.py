@@ -293,7 +293,7 @@ def reach(steps: dict[int, list[dict]], seed: int, target: float) -> tuple[float
     return None
 
 
-def format_tables(table: dict) -> str:
+def format_tables(table: dict, crossings: dict[str, float] | None = None) -> str:
     """Markdown: the plateau table (last point reached by every seed), the last doubling, per-factor probes and
     the chunk holding each factor."""
     if not table:
@@ -353,6 +353,23 @@ def format_tables(table: dict) -> str:
             tops = [int(np.argmax(np.asarray(r["alignment"]["chunk_importance_share"])[:, j])) for r in rows]
             cells.append("/".join(map(str, tops)))
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    if crossings and all(f in crossings for f in factors):
+        from scipy.stats import spearmanr
+
+        lines += ["", "### Does a factor's chunk follow the time-step at which the DM loses it?", "",
+                  "Spearman rank correlation, over the factors, between the frozen DM's attribute-loss crossing t "
+                  "(interpolated) and the chunk holding the factor's largest importance share (the table above), "
+                  "per seed. For PDAE the chunks are the same dim groups with no time meaning.", "",
+                  "| variant | per seed | mean |", "|---|---|---|"]
+        t = [crossings[f] for f in factors]
+        for v, (_, rows) in last.items():
+            if rows[0].get("alignment") is None:
+                continue
+            tops = [np.argmax(np.asarray(r["alignment"]["chunk_importance_share"]), 0) for r in rows]
+            # undefined (None, shown as '–') when every factor sits in the same chunk
+            rho = [float(spearmanr(t, c).statistic) if np.ptp(c) > 0 else None for c in tops]
+            lines.append(f"| {v} | " + " / ".join("–" if x is None else f"{x:.2f}" for x in rho)
+                         + f" | {_ms(rho, '.2f')} |")
     lines += ["", "### Variants", ""]
     for v in _order(table):
         desc = VARIANTS.get(v, (BASELINES.get(v, v), []))[0]
@@ -456,7 +473,8 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     results = Path(args.results) if args.results else (out / "results" if args.quick else ROOT / "results" / "curves")
     if args.plot_only:
-        return _finish(results)
+        dm = Path(args.dm) if args.dm else shipped_dm2()
+        return _finish(results, args.attribute_loss or (dm / "attribute_loss.json" if dm else None))
     seeds = [int(x) for x in (args.seeds or s["seeds"]).split(",")]
     variants = (args.variants or ",".join([*VARIANTS, *BASELINES])).split(",")
     unknown = [v for v in variants if v not in VARIANTS and v not in BASELINES]
@@ -518,12 +536,17 @@ def main(argv=None) -> dict:
         for j in jobs:
             fn, a = submit(*j)
             fn(*a)
-    return _finish(results)
+    return _finish(results, attribute_loss)
 
 
-def _finish(results: Path) -> dict:
+def _finish(results: Path, attribute_loss: str | Path | None = None) -> dict:
+    """Figures and curves.md from every point JSON; ``attribute_loss`` (default: the shipped DM's, in full mode)
+    gives the crossings for the chunk-vs-time-step correlation."""
     table = load_points(results)
-    text = format_tables(table)
+    crossings = None
+    if attribute_loss is not None and Path(attribute_loss).is_file():
+        crossings = json.loads(Path(attribute_loss).read_text()).get("crossing_t_interp")
+    text = format_tables(table, crossings)
     results.mkdir(parents=True, exist_ok=True)
     (results / "curves.md").write_text(text)
     figures = plot_curves(table, results / "figures") if table else []

@@ -71,6 +71,14 @@ def test_curves_quick(tmp_path, capsys):
     # a second call reuses every finished point
     again = main(["--quick", "--variants", "pdae", "--out", str(tmp_path)])
     assert len(again["table"]["pdae"][4]) == 1
+    # with the DM's crossings: each factor's chunk against the t where the DM loses it (a rank correlation)
+    crossings = {name: 100.0 * i for i, name in enumerate(last["probe"])}
+    (tmp_path / "al.json").write_text(json.dumps({"crossing_t_interp": crossings}))
+    main(["--plot-only", "--results", str(results), "--attribute-loss", str(tmp_path / "al.json")])
+    table = (results / "curves.md").read_text().split("time-step at which the DM loses it?")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| diti-k8-sg |")]
+    mean = rows[0].split("|")[3].strip()
+    assert len(rows) == 1 and (mean == "–" or -1 <= float(mean) <= 1)
 
 
 def test_dm_check_quick(tmp_path, capsys):
