@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from diti import __version__
+from diti.cli.demo import shipped_dm
 from diti.config import DiTiConfig, PretrainConfig, build_config
 from diti.data import generate_shapes
 from diti.evaluation.features import encode_dataset
@@ -91,12 +92,6 @@ METRICS = {
     "factor_vae": "FactorVAE score",
 }
 
-
-def shipped_dm2() -> Path | None:
-    from importlib import resources
-
-    path = Path(str(resources.files("diti") / "assets" / "dm-shapes2-16"))
-    return path if (path / "unet").is_dir() else None
 
 
 def imbalanced_overrides(attribute_loss: Path, latent_dim: int, k: int) -> list[str]:
@@ -473,7 +468,7 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     results = Path(args.results) if args.results else (out / "results" if args.quick else ROOT / "results" / "curves")
     if args.plot_only:
-        dm = Path(args.dm) if args.dm else shipped_dm2()
+        dm = Path(args.dm) if args.dm else shipped_dm("dm-shapes2-16")
         return _finish(results, args.attribute_loss or (dm / "attribute_loss.json" if dm else None))
     seeds = [int(x) for x in (args.seeds or s["seeds"]).split(",")]
     variants = (args.variants or ",".join([*VARIANTS, *BASELINES])).split(",")
@@ -492,7 +487,7 @@ def main(argv=None) -> dict:
                                                                     "train.progress=false", "train.steps=20"])
         dm = pretrain(cfg, out / "dm-run", resume=(out / "dm-run" / "config.yaml").is_file())
     else:
-        dm = shipped_dm2()
+        dm = shipped_dm("dm-shapes2-16")
         if dm is None:
             p.error("the shipped DM dm-shapes2-16 is missing; pass --dm")
         attribute_loss = attribute_loss or (str(dm / "attribute_loss.json") if (dm / "attribute_loss.json").is_file()
