@@ -120,7 +120,7 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-_YAML_BOOL_WORDS = {False: ("no", "off", "false", "n"), True: ("yes", "on", "true", "y")}
+_YAML_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}  # PyYAML's bool words
 
 
 def _convert(tp: Any, value: Any, path: str) -> Any:
@@ -148,7 +148,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if origin is typing.Literal:
         if isinstance(value, bool) and value not in args:
             # YAML 1.1 reads an unquoted no/off/yes/on as a bool: take it back to the option it spelt.
-            spelt = [a for a in (_YAML_BOOL_WORDS[value]) if a in args]
+            spelt = [a for a in _YAML_BOOL_WORDS[value] if a in args]
             value = spelt[0] if spelt else value
         if value not in args:
             raise ConfigError(f"{path}: {value!r} is not one of {', '.join(repr(a) for a in args)}")
