@@ -59,10 +59,11 @@ class _Flipped(torch.utils.data.Dataset):
 
 def run_features(
     model, cfg, run: str | Path, data: str | Path, split: str, device: str | torch.device = "cpu",
-    batch_size: int = 256, flipped: bool = False, progress: bool = True,
+    batch_size: int = 256, flipped: bool = False, progress: bool = True, dataset=None,
 ) -> tuple[np.ndarray, Attributes | None]:
-    """z of every image of ``data``/``split`` with the run's encoder, cached in RUN/eval/features/."""
-    dataset = cfg.data.open(split, data)
+    """z of every image of ``data``/``split`` with the run's encoder, cached in RUN/eval/features/
+    (``dataset``: that split already opened)."""
+    dataset = cfg.data.open(split, data) if dataset is None else dataset
     ckpt = latest_checkpoint(Path(run) / "checkpoints")
     key = {"data": str(Path(data).resolve()), "split": split, "flipped": flipped,
            "checkpoint": ckpt.name if ckpt else None, "n": len(dataset)}
@@ -113,12 +114,14 @@ def probe_features(
                         valid=as_pair.get("valid"), train_flipped=train_flipped, **kwargs)
 
 
-def check_distinct_splits(cfg, data: str | Path, splits) -> None:
-    """Refuse to evaluate on splits that are the same images (a plain image folder has no split: every split
-    name opens the whole folder), which would test a probe or a metric on its own training codes."""
+def open_distinct_splits(cfg, data: str | Path, splits) -> dict:
+    """split -> its opened data set; refuses splits that are the same images (a plain image folder has no
+    split: every split name opens the whole folder), which would test a probe or a metric on its own
+    training codes."""
     seen: dict[tuple, str] = {}
+    sets = {}
     for split in dict.fromkeys(s for s in splits if s):
-        ds = cfg.data.open(split, data)
+        ds = sets[split] = cfg.data.open(split, data)
         files = getattr(ds, "files", None)
         if files is None:
             continue
@@ -128,6 +131,7 @@ def check_distinct_splits(cfg, data: str | Path, splits) -> None:
                              "folder without train/ and test/ subfolders has no split), so the evaluation would "
                              "test on its training set; put the images in train/ and test/ subfolders")
         seen[key] = split
+    return sets
 
 
 def probe_run(
@@ -139,10 +143,11 @@ def probe_run(
     from ..training.jobs import load_diti_run
 
     model, cfg = load_diti_run(run, device=device)
-    check_distinct_splits(cfg, data, [train_split, test_split, valid_split])
-    feats = {s: run_features(model, cfg, run, data, s, device, progress=progress)
-             for s in {train_split, test_split, *([valid_split] if valid_split else [])}}
-    flipped = run_features(model, cfg, run, data, train_split, device, flipped=True, progress=progress)[0] if hflip else None
+    sets = open_distinct_splits(cfg, data, [train_split, test_split, valid_split])
+    feats = {s: run_features(model, cfg, run, data, s, device, progress=progress, dataset=ds)
+             for s, ds in sets.items()}
+    flipped = run_features(model, cfg, run, data, train_split, device, flipped=True, progress=progress,
+                           dataset=sets[train_split])[0] if hflip else None
     result = probe_features(feats[train_split], feats[test_split], feats.get(valid_split) if valid_split else None,
                             train_flipped=flipped, progress=progress, device=device, **probe_kwargs)
     (eval_dir(run) / "probe.json").write_text(json.dumps(result.to_dict(), indent=2))
@@ -335,9 +340,9 @@ def disentangle_run(
     from ..training.jobs import load_diti_run
 
     model, cfg = load_diti_run(run, device=device)
-    check_distinct_splits(cfg, data, [train_split, test_split])
-    train = run_features(model, cfg, run, data, train_split, device, progress=progress)
-    test = run_features(model, cfg, run, data, test_split, device, progress=progress)
+    sets = open_distinct_splits(cfg, data, [train_split, test_split])
+    train = run_features(model, cfg, run, data, train_split, device, progress=progress, dataset=sets[train_split])
+    test = run_features(model, cfg, run, data, test_split, device, progress=progress, dataset=sets[test_split])
     ref = partition_of(reference, model.partition.latent_dim) if reference is not None else None
     result = disentangle_features(train, test, model.partition, reference_partition=ref, progress=progress, **kwargs)
     return write_disentangle(result, eval_dir(run), Path(run).name)
