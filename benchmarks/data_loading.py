@@ -81,15 +81,24 @@ def open_synthetic(fmt: str, root: Path, resolution: int, box) -> torch.utils.da
     return LMDBDataset(root, resolution, box=box)
 
 
-def loader_throughput(dataset, batch: int, workers: int, batches: int, device: str = "cpu") -> dict:
-    """img/s of the training loader over ``batches`` timed batches of ``batch`` images (one untimed first)."""
+def loader_throughput(dataset, batch: int, workers: int, batches: int, device: str = "cpu",
+                      prefetch_factor: int = 4) -> dict:
+    """img/s of the training loader in its steady state: ``skipped`` batches untimed (what the workers had ready
+    at start: max(1, workers x prefetch_factor)), then max(``batches``, 8 x workers) timed batches of ``batch``
+    images, each copied to ``device``."""
     device = torch.device(device)
     shape = tuple(dataset[0].shape)
-    sampler = StepBatchSampler(len(dataset), batch, 0, 0, batches + 1)
-    loader = step_loader(StepBatches(dataset, batch, shape, 1000, 0, hflip=True), sampler, workers, device)
+    skipped = max(1, workers * prefetch_factor)
+    timed = max(batches, 8 * workers)
+    sampler = StepBatchSampler(len(dataset), batch, 0, 0, skipped + timed)
+    loader = step_loader(StepBatches(dataset, batch, shape, 1000, 0, hflip=True), sampler, workers, device,
+                         prefetch_factor=prefetch_factor)
     it = iter(loader)
     first = time.perf_counter()
     next(it)
+    first_batch_s = time.perf_counter() - first
+    for _ in range(skipped - 1):
+        next(it)
     start = time.perf_counter()
     for micro in it:
         for key in ("x0", "t", "noise"):
@@ -98,9 +107,10 @@ def loader_throughput(dataset, batch: int, workers: int, batches: int, device: s
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     del it, loader  # ends persistent workers
-    rate = batches * batch / elapsed
+    rate = timed * batch / elapsed
     return {"workers": workers, "img_per_s": rate, "img_per_s_per_worker": rate / max(workers, 1),
-            "timed_batches": batches, "first_batch_s": start - first}
+            "skipped_batches": skipped, "timed_batches": timed, "prefetch_factor": prefetch_factor,
+            "first_batch_s": first_batch_s}
 
 
 def main(argv=None) -> dict:
@@ -110,7 +120,7 @@ def main(argv=None) -> dict:
     p.add_argument("--workers", default="0,1,2", help="comma list of worker counts")
     p.add_argument("--images", type=int, default=1024)
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--batches", type=int, default=6, help="timed batches per worker count")
+    p.add_argument("--batches", type=int, default=6, help="timed batches per worker count (at least 8 x workers, after the batches the workers had ready at start)")
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="64 images, batch 16, 2 batches, workers 0,1")

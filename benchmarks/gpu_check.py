@@ -1,10 +1,20 @@
 """One-call GPU check: step throughput, precision, data loading and a resumed training run, in one JSON.
 
-Run on a machine with one CUDA GPU, from the repository root (nothing but the repository and its installed
-dependencies is needed; nothing is downloaded):
+Run on a machine with one CUDA GPU, from the repository root; nothing is downloaded. With diti installed
+(``pip install -e .``)::
 
-    PYTHONPATH=src python benchmarks/gpu_check.py --out gpu_check.json          # under 8 minutes on one H200
-    PYTHONPATH=src python benchmarks/gpu_check.py --quick --out q.json          # CPU, seconds (the test suite)
+    python benchmarks/gpu_check.py --out gpu_check.json          # under 8 minutes on one H200
+    python benchmarks/gpu_check.py --quick --out q.json          # CPU, seconds (the test suite)
+
+On a lent machine that has torch, accelerate and the rest but not diffusers (the project's device tool: its
+working tree arrives without an install, and ``$OUT`` is the folder that comes back), carry diffusers as a wheel
+in ``.whl/`` and put both the wheel folder and ``src`` on the path, in this one command (docs/gpu.md)::
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+      .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD/src && df -h /dev/shm && nvidia-smi -L && \
+      PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --out $OUT/gpu_check.json
+
+(``PYTHONPATH=src`` alone would drop the wheel folder; ``--out`` must be under ``$OUT`` to come back.)
 
 It needs torch with CUDA, diffusers, accelerate, safetensors, numpy, Pillow, PyYAML and tqdm importable
 (a machine without diffusers can take it as a wheel: ``pip install --no-deps diffusers-*.whl``); a missing
@@ -18,7 +28,8 @@ Sections and the JSON fields they write:
 - ``machine``: ``device`` (cuda/cpu), ``gpu`` (name), ``gpu_memory_GiB``, ``cuda``, ``cudnn``, ``torch``,
   ``diffusers``, ``accelerate``, ``python``, ``cpu_cores``, ``tf32_matmul`` / ``tf32_cudnn`` (torch's TF32
   switches, left at their defaults: "fp32" below is torch's default float32, cuDNN convolutions may use
-  TF32).
+  TF32), ``dev_shm_GiB`` (size of /dev/shm, where loader workers hand batches over: 8 workers x prefetch 4 x
+  a 64-px batch of 128 need ~400 MB there).
 - ``steps``: training-step throughput of a plain DDPM step and of a DiTi step on the same UNet, at the
   CelebA64 preset size (the ``64px-celeba64`` size of benchmarks/train_step.py: a UNet of the official
   CelebA64 DM's shape, ~35M parameters, 64 px, preset ``celeba64-diti64``: d = 512, k = 64, official
@@ -29,17 +40,24 @@ Sections and the JSON fields they write:
   (torch.cuda.max_memory_allocated during the model's warm-up steps, both models of the variant resident),
   ``first_step_s`` (the first step, compilation included) and ``loss_fixed_batch`` (the loss of that first
   step: every variant starts from the same weights on the same batch). A variant or model that could not
-  run has ``error``; one left out has ``skipped`` with the reason.
+  run has ``error``; one left out has ``skipped`` with the reason; a variant whose repeats the budget cut
+  keeps the repeats it measured (``repeats`` says how many) and has ``cut_by_budget``.
 - ``precision``: per model, ``fp32_loss``, and for ``bf16`` and ``bf16+compile`` the loss on the same
   batch and weights, ``abs_diff`` and ``rel_diff`` against fp32.
 - ``data_loader``: the training loader (benchmarks/data_loading.py) on a synthetic folder of 64-px JPEGs
   (``images``, quality 95), batch ``batch``, each batch copied to the device; ``rows``: per worker count
-  (0, 4, 8) ``workers``, ``img_per_s``, ``img_per_s_per_worker``, ``first_batch_s``.
+  (0, 4, 8) ``workers``, ``img_per_s``, ``img_per_s_per_worker``, ``first_batch_s``, ``skipped_batches`` (the
+  batches the workers had ready at start, W x prefetch 4, untimed) and ``timed_batches`` (at least 8 x W).
 - ``training_run``: ``diti train`` at the CelebA64 preset size (random DM of that shape, the JPEG folder,
   bf16, default workers) for ``resume_at`` (100) steps, then resumed to ``steps`` (200): ``checkpoints``
   (step folders kept), ``logged_steps``, ``final_loss``, ``img_per_s_median`` (from metrics.jsonl),
   ``first_part_s`` / ``resumed_part_s`` (wall time of each call), ``histogram_count`` (time-steps counted
-  in loss_per_t.json, must be steps x batch), ``ok`` and ``checks`` (each check by name, true/false).
+  in loss_per_t.json, must be steps x batch), ``uninterrupted_s`` and ``restored``: the same steps run again
+  in one call, and the resumed run's final model, EMA and optimizer state compared with it (per file
+  ``max_abs_diff`` and ``ratio`` = ||resumed - uninterrupted|| / ||uninterrupted - its state at resume_at||;
+  ``optimizer_steps_equal``; ``tolerance``: 0 on the CPU, where the two are bit-identical, 0.05 on CUDA,
+  whose kernels do not fix the order of sums; a resume that lost a state gives a ratio near 1), ``ok`` and
+  ``checks`` (each check by name, true/false).
 - ``errors``: ``[{"section", "error", "traceback"}]``; ``elapsed_s``, ``budget_s``, ``mode``, ``command``,
   ``date``.
 
@@ -168,12 +186,23 @@ def machine(device) -> dict:
     info = {"device": device.type, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "accelerate": accelerate.__version__, "python": platform.python_version(),
             "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32}
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            "dev_shm_GiB": _shm_gib()}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, gpu_memory_GiB=props.total_memory / 2**30, cuda=torch.version.cuda,
                     cudnn=torch.backends.cudnn.version())
     return info
+
+
+def _shm_gib() -> float | None:
+    """Size of /dev/shm, where DataLoader workers hand batches over (8 workers x prefetch 4 x a 64-px batch of
+    128 need ~400 MB there); None where it does not exist."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return st.f_frsize * st.f_blocks / 2**30
 
 
 def _sync(device) -> None:
@@ -253,13 +282,17 @@ def measure_variant(check: Check, s: dict, name: str, device) -> dict:
     for model_name in ("ddpm", "diti"):
         out.setdefault(model_name, {"skipped": "stopped at the time budget"})
     times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(s["repeats"]):
-        for model_name, step in steps.items():  # interleaved, so machine noise hits both alike
-            _sync(device)
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            times[model_name].append(time.perf_counter() - start)
+    try:
+        for _ in range(s["repeats"]):
+            for model_name, step in steps.items():  # interleaved, so machine noise hits both alike
+                _sync(device)
+                start = time.perf_counter()
+                step()
+                _sync(device)
+                times[model_name].append(time.perf_counter() - start)
+    except BudgetExceeded:  # keep the repeats measured so far, and say that the budget cut them
+        out["cut_by_budget"] = True
+        times = {k: ts for k, ts in times.items() if ts}
     for model_name, ts in times.items():
         q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
         out[model_name].update(median_s=statistics.median(ts), q1_s=q[0], q3_s=q[2],
@@ -342,7 +375,7 @@ def training_run_section(s: dict, device, tmp: Path) -> dict:
         return build_config(DiTiConfig, preset, overrides=[
             f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", f"train.steps={steps}",
             f"train.checkpoint_every={s['checkpoint_every']}", f"train.log_every={s['log_every']}",
-            "train.progress=false", f"train.device={device.type}",
+            "train.progress=false", f"train.device={device.type}", "train.keep_checkpoints=100",
             f"train.mixed_precision={json.dumps(s['mixed_precision'])}",
             "data.hflip=true"])
 
@@ -353,6 +386,10 @@ def training_run_section(s: dict, device, tmp: Path) -> dict:
     start = time.perf_counter()
     train_diti(cfg(s["train_steps"]), run, resume=True)
     resumed = time.perf_counter() - start
+    start = time.perf_counter()
+    full = train_diti(cfg(s["train_steps"]), tmp / "uninterrupted")  # the same steps in one call
+    uninterrupted = time.perf_counter() - start
+    restored = compare_runs(run, full, s["resume_at"], s["train_steps"], device.type)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     logged = [r["step"] for r in rows]
     batch = cfg(s["train_steps"]).train.batch_size
@@ -367,13 +404,50 @@ def training_run_section(s: dict, device, tmp: Path) -> dict:
         and any(step > s["resume_at"] for step in logged),
         "histogram_counts_every_sample": count == s["train_steps"] * batch,
         "losses_finite": all(isinstance(r["loss"], float) and r["loss"] == r["loss"] for r in rows),
+        "optimizer_steps_equal_uninterrupted": restored["optimizer_steps_equal"],
+        "state_equals_uninterrupted": restored["within_tolerance"],
     }
     speeds = [r["img_per_s"] for r in rows if r["step"] > s["log_every"]] or [r["img_per_s"] for r in rows]
     return {"size": s["size"], "preset": preset, "batch": batch, "steps": s["train_steps"], "resume_at": s["resume_at"],
             "mixed_precision": s["mixed_precision"], "checkpoints": kept, "logged_steps": logged,
             "final_loss": rows[-1]["loss"], "img_per_s_median": statistics.median(speeds),
-            "first_part_s": first, "resumed_part_s": resumed, "histogram_count": count,
-            "ok": all(checks.values()), "checks": checks}
+            "first_part_s": first, "resumed_part_s": resumed, "uninterrupted_s": uninterrupted,
+            "histogram_count": count, "restored": restored, "ok": all(checks.values()), "checks": checks}
+
+
+# A resumed run on a GPU is not bit-identical to an uninterrupted one (cuDNN and atomics do not fix the order of
+# floating-point sums), so there the check is relative: the distance between the resumed and the uninterrupted
+# run's final state, over the distance the uninterrupted run travelled after the resume point. A resume that
+# lost the model, EMA or optimizer state gives a ratio near 1 or above; an exact resume gives 0 (the CPU).
+RESUME_TOLERANCE = {"cpu": 0.0, "cuda": 0.05}
+
+
+def compare_runs(resumed: Path, full: Path, resume_at: int, steps: int, device_type: str) -> dict:
+    """Final model, EMA and optimizer state of a resumed run against an uninterrupted run of the same steps:
+    per file ``max_abs_diff`` and ``ratio`` (||resumed - full|| / ||full - full at resume_at||, over all
+    tensors); ``optimizer_steps_equal`` (Adam's step counters, all equal to ``steps``); ``tolerance`` (the
+    largest ratio allowed on this device type) and ``within_tolerance``."""
+    from safetensors.torch import load_file
+
+    def ckpt(run: Path, step: int) -> Path:
+        return run / "checkpoints" / f"step-{step:08d}"
+
+    tolerance = RESUME_TOLERANCE.get(device_type, RESUME_TOLERANCE["cuda"])
+    out: dict = {"tolerance": tolerance}
+    for name in ("model", "ema", "optimizer"):
+        a, b = (load_file(ckpt(r, steps) / f"{name}.safetensors") for r in (resumed, full))
+        start = load_file(ckpt(full, resume_at) / f"{name}.safetensors")
+        keys = [k for k in b if not k.endswith(".step")]
+        diff = sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in keys) ** 0.5
+        moved = sum(float((b[k].double() - start[k].double()).pow(2).sum()) for k in keys) ** 0.5
+        out[name] = {"max_abs_diff": max(float((a[k] - b[k]).abs().max()) for k in keys),
+                     "ratio": diff / moved if moved > 0 else float(diff > 0), "same_tensors": a.keys() == b.keys()}
+        if name == "optimizer":
+            counters = [{k: float(v) for k, v in d.items() if k.endswith(".step")} for d in (a, b)]
+            out["optimizer_steps_equal"] = counters[0] == counters[1] and set(counters[1].values()) == {float(steps)}
+    out["within_tolerance"] = all(out[n]["same_tensors"] and out[n]["ratio"] <= tolerance
+                                  for n in ("model", "ema", "optimizer"))
+    return out
 
 
 def main(argv=None) -> dict:

@@ -176,10 +176,49 @@ def test_gpu_check_quick_writes_every_documented_field(tmp_path, capsys):
         prec = result["precision"][model]
         assert prec["fp32_loss"] == fp32 and prec["bf16"]["abs_diff"] == abs(prec["bf16"]["loss"] - fp32)
     assert [r["workers"] for r in result["data_loader"]["rows"]] == [0, 1]
+    # the batches the workers had ready at start are not timed; at least 8 per worker are
+    assert [(r["skipped_batches"], r["timed_batches"]) for r in result["data_loader"]["rows"]] == [(1, 2), (4, 8)]
     run = result["training_run"]
     assert run["ok"] and all(run["checks"].values()) and run["checkpoints"][-1] == "step-00000004"
     assert run["histogram_count"] == 4 * run["batch"] and run["logged_steps"] == [1, 2, 3, 4]
+    # the resumed run equals an uninterrupted one: weights, EMA, optimizer moments and step counters
+    restored = run["restored"]
+    assert restored["tolerance"] == 0.0 and restored["optimizer_steps_equal"] and restored["within_tolerance"]
+    assert all(restored[n]["max_abs_diff"] == 0.0 and restored[n]["ratio"] == 0.0 for n in ("model", "ema", "optimizer"))
+    assert result["machine"]["dev_shm_GiB"] is None or result["machine"]["dev_shm_GiB"] > 0
     assert {"elapsed_s", "budget_s", "command", "date"} <= set(result)
+
+
+def test_gpu_check_resume_comparison_catches_a_lost_state(tmp_path, random_dm, shapes16, monkeypatch):
+    """A resume that restores the weights but not the optimizer moments is caught by the check's ratio."""
+    from conftest import quick_cfg
+    from diti.training.jobs import train_diti
+    from diti.training.trainer import Trainer
+
+    compare = runpy.run_path(str(BENCH / "gpu_check.py"))["compare_runs"]
+
+    def cfg(steps):
+        return quick_cfg(random_dm, shapes16, f"train.steps={steps}", "train.checkpoint_every=2",
+                         "train.keep_checkpoints=10")
+
+    full = train_diti(cfg(6), tmp_path / "full")
+    good = train_diti(cfg(2), tmp_path / "good")
+    train_diti(cfg(6), good, resume=True)
+    assert compare(good, full, 2, 6, "cpu")["within_tolerance"]
+    original = Trainer.resume
+
+    def resume_without_the_optimizer(self):
+        fresh = self.optimizer.state_dict()
+        resumed = original(self)
+        self.optimizer.load_state_dict(fresh)  # the moments and step counters of a new optimizer
+        return resumed
+
+    monkeypatch.setattr(Trainer, "resume", resume_without_the_optimizer)
+    lost = train_diti(cfg(2), tmp_path / "lost")
+    train_diti(cfg(6), lost, resume=True)
+    result = compare(lost, full, 2, 6, "cuda")  # even the GPU's tolerance catches it
+    assert not result["within_tolerance"] and not result["optimizer_steps_equal"]
+    assert result["model"]["ratio"] > result["tolerance"]
 
 
 def test_gpu_check_skips_what_the_budget_does_not_allow(tmp_path):

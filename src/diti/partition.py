@@ -135,15 +135,22 @@ class Partition:
             cache[key] = tuple(m.to(device) for m in (cum, prev, cum - prev))
         return cache[key]
 
-    def apply(self, z: torch.Tensor, t: torch.Tensor, mode: str = "base") -> torch.Tensor:
+    def apply(
+        self, z: torch.Tensor, t: torch.Tensor, mode: str = "base",
+        masks: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """z~ for a batch: z (B, d), t (B,) long -> (B, d).
 
         base:      z * cum[t]                            (gradient to every used chunk)
         stop_grad: sg(z) * prev[t] + z * cur[t]          (gradient only to the chunk of t's range)
+
+        ``masks``: (cum, prev, cur) already on z's device (a module's buffers: DiTiModel registers them, so that
+        its forward builds no tensor and changes no state, which torch.compile would trace as a graph break);
+        None: this partition's per-device cache (``masks``).
         """
         if z.shape[-1] != self.latent_dim:
             raise ValueError(f"z has {z.shape[-1]} dims but the partition has latent_dim={self.latent_dim}")
-        cum, prev, cur = (m[t].to(z.dtype) for m in self.masks(z.device))
+        cum, prev, cur = (m[t].to(z.dtype) for m in (self.masks(z.device) if masks is None else masks))
         if mode == "base":
             return z * cum
         if mode == "stop_grad":

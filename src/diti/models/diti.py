@@ -46,6 +46,9 @@ class DiTiModel(nn.Module):
         self.partition = partition
         self.mode = mode
         self.register_buffer("loss_weight", timestep_weights(schedule, weighting), persistent=False)
+        # the partition's (T, d) masks as buffers: they follow the module's device, and forward builds nothing
+        for name, mask in zip(("mask_cum", "mask_prev", "mask_cur"), partition.masks("cpu"), strict=True):
+            self.register_buffer(name, mask.clone(), persistent=False)
 
     @classmethod
     def from_config(cls, cfg: DiTiConfig, dm: UNet2DModel) -> DiTiModel:
@@ -72,6 +75,11 @@ class DiTiModel(nn.Module):
     @property
     def dm(self) -> UNet2DModel:
         return self.decoder.dm
+
+    @property
+    def masks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(cum, prev, cur), each (T, d), on the module's device (Partition.masks)."""
+        return self.mask_cum, self.mask_prev, self.mask_cur
 
     def train(self, mode: bool = True) -> DiTiModel:
         super().train(mode)
@@ -123,12 +131,12 @@ class DiTiModel(nn.Module):
         frozen = self.decoder.frozen_features(x_t, t)  # no grad: the DM is frozen
         modes = ("base", "stop_grad") if self.mode == "dual" else (self.mode,)
         per_sample = sum(
-            shift_per_sample(self.schedule, frozen.eps, self.decoder.shift(frozen, self.partition.apply(z, t, mode)),
+            shift_per_sample(self.schedule, frozen.eps, self.decoder.shift(frozen, self.partition.apply(z, t, mode, self.masks)),
                              noise, t, self.loss_weight)
             for mode in modes
         )
         with torch.no_grad():  # lambda(t) ||eps - eps_theta||^2: what the loss is with G = 0
-            baseline = self.loss_weight.to(t.device)[t] * ddpm_per_sample(frozen.eps, noise) * len(modes)
+            baseline = self.loss_weight[t] * ddpm_per_sample(frozen.eps, noise) * len(modes)
         return LossOutput(per_sample.mean(), per_sample, t, baseline)
 
     def eps_fn(self, z: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -141,7 +149,7 @@ class DiTiModel(nn.Module):
             if z is None:
                 return self.dm(x_t, t).sample
             frozen = self.decoder.frozen_features(x_t, t)
-            shift = self.decoder.shift(frozen, self.partition.apply(z, t, "base"))
+            shift = self.decoder.shift(frozen, self.partition.apply(z, t, "base", self.masks))
             return frozen.eps - extract(self.schedule.sqrt_one_minus_abar, t, x_t.shape) * shift
 
         return eps

@@ -171,8 +171,10 @@ class ShiftDecoder(nn.Module):
         eps = _mid_up_out(dm, h, skips, temb)
         # An attention block leaves channels-last strides behind it. torch's CPU GroupNorm backward crashes
         # (segfault, torch 2.13) on a channels-last input that needs no grad while its weight does, which is
-        # exactly what the trainable copy's first GroupNorms see; standard-contiguous features avoid it.
-        h, skips = h.contiguous(), tuple(s.contiguous() for s in skips)
+        # exactly what the trainable copy's first GroupNorms see; standard-contiguous features avoid it. Only on
+        # the CPU: elsewhere the copy would undo train.channels_last.
+        if h.device.type == "cpu":
+            h, skips = h.contiguous(), tuple(s.contiguous() for s in skips)
         return FrozenFeatures(eps, temb, h, skips)
 
     def shift(self, frozen: FrozenFeatures, z_tilde: torch.Tensor) -> torch.Tensor:

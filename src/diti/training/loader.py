@@ -18,7 +18,8 @@ import os
 
 import torch
 
-from .randomness import GlobalBatchSampler, global_batch_indices, micro_slice, step_noise
+from .randomness import GlobalBatchSampler, draw_noise, global_batch_indices, micro_slice, step_noise
+from .timesteps import draw_uniforms
 
 
 def default_num_workers(device: torch.device) -> int:
@@ -45,15 +46,26 @@ class StepBatches(torch.utils.data.Dataset):
 
     ``x0`` (b, C, R, R) in [-1, 1], flipped where the step's flip draw says so when ``hflip``; ``t`` (b,)
     int64; ``noise`` (b, C, R, R): this process's slice of the global batch's draws (``step_noise``).
+
+    ``uniforms=True`` (a run whose t-sampler draws t at the step, training/timesteps.py) adds ``u`` (b * draws,)
+    float64, the slice of the step's stratified uniforms (``draw_uniforms``) that the sampler turns into t on
+    the device; with ``draws`` > 1, ``noise`` is then (b * draws, C, R, R), the slice of the step's draw noise
+    (``draw_noise``). Every random number of the step is thus drawn here, in the workers.
     """
 
     def __init__(
         self, dataset, batch: int, sample_shape: tuple[int, ...], timesteps: int, seed: int,
         t_probs: torch.Tensor | None = None, hflip: bool = False, rank: int = 0, world: int = 1, accum: int = 1,
+        uniforms: bool = False, draws: int = 1,
     ):
+        if draws < 1:
+            raise ValueError(f"draws per image must be >= 1, got {draws}")
+        if draws > 1 and not uniforms:
+            raise ValueError("several draws per image need the step's uniforms (a t-sampler)")
         self.dataset, self.batch, self.sample_shape = dataset, batch, tuple(sample_shape)
         self.timesteps, self.seed, self.t_probs, self.hflip = timesteps, seed, t_probs, hflip
         self.rank, self.world, self.micro = rank, world, batch // (world * accum)
+        self.uniforms, self.draws = uniforms, draws
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -68,7 +80,14 @@ class StepBatches(torch.utils.data.Dataset):
         sl = slice(lo, lo + self.micro)
         if self.hflip:
             x0 = torch.where(flip_all[sl, None, None, None], x0.flip(-1), x0)
-        return {"x0": x0, "t": t_all[sl], "noise": noise_all[sl]}
+        item = {"x0": x0, "t": t_all[sl], "noise": noise_all[sl]}
+        if self.uniforms:
+            m = self.draws
+            rows = slice(lo * m, (lo + self.micro) * m)  # this micro-batch's images' draws
+            item["u"] = draw_uniforms(self.batch, m, self.seed, step)[rows]
+            if m > 1:
+                item["noise"] = draw_noise(self.batch, m, self.sample_shape, self.seed, step)[rows]
+        return item
 
 
 def _passthrough(batch):

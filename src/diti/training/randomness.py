@@ -62,6 +62,15 @@ def step_noise(
     return t, noise, flip
 
 
+DRAW_NOISE = 0x7158  # keeps the noise of several draws per image apart from every other draw
+
+
+def draw_noise(batch: int, draws: int, image_shape: tuple[int, ...], seed: int, step: int) -> torch.Tensor:
+    """eps for every draw of a step's global batch when each image gets ``draws`` (t, eps) draws:
+    (batch * draws, C, H, W), rows b * draws .. b * draws + draws - 1 being image b's."""
+    return torch.randn((batch * draws, *image_shape), generator=generator(seed, step, DRAW_NOISE))
+
+
 class GlobalBatchSampler(torch.utils.data.Sampler):
     """Yields, for each step from ``start_step`` on and each accumulation micro-step, this process's slice
     of the global batch (a list of indices), for a DataLoader's ``batch_sampler``."""

@@ -22,7 +22,6 @@ the checkpoint, so that a resumed run is bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .randomness import generator
@@ -31,11 +30,24 @@ from .randomness import generator
 _STREAM = 0x7157
 
 
+def draw_uniforms(batch: int, draws: int, seed: int, step: int) -> torch.Tensor:
+    """u (batch * draws,) float64: one uniform in each stratum [j / draws, (j + 1) / draws) per image, a pure
+    function of (seed, step). Rows b * draws .. b * draws + draws - 1 are image b's. The training loader draws
+    these in its workers (training/loader.py); the sampler turns them into t on the device (``from_uniforms``)."""
+    g = generator(seed, step, _STREAM)
+    u = (torch.arange(draws, dtype=torch.float64)[None, :] + torch.rand(batch, draws, generator=g,
+                                                                        dtype=torch.float64)) / draws
+    return u.reshape(-1)
+
+
 class TimestepSampler:
     """Stratified inverse-CDF draws of t from a fixed distribution p (T,), with importance weights.
 
     ``reweight``: weight each draw by 1 / (T p(t)) (importance sampling of the uniform objective); False keeps
     weight 1, i.e. the objective becomes the mean under p (the stage- and chunk-balanced departures).
+
+    The sampler's tensors live on one device (``to``); ``from_uniforms`` and ``update`` run there without any
+    host read, so a training step on a GPU never waits on them.
     """
 
     def __init__(self, probs: torch.Tensor, reweight: bool):
@@ -46,25 +58,36 @@ class TimestepSampler:
         self.reweight = reweight
         self._probs = probs
 
+    @property
+    def device(self) -> torch.device:
+        return self._probs.device
+
+    def to(self, device: torch.device | str) -> TimestepSampler:
+        """Move the sampler's state to ``device`` (in place); returns self."""
+        self._probs = self._probs.to(device)
+        return self
+
     def probs(self) -> torch.Tensor:
-        """The current p (T,) float64."""
+        """The current p (T,) float64, on the sampler's device."""
         return self._probs
+
+    def from_uniforms(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """t (n,) int64 and weights (n,) float32 for uniforms u (n,) in [0, 1), on the sampler's device: the first
+        t whose CDF exceeds u (a t of probability 0 is never drawn)."""
+        p = self.probs()
+        u = u.to(p.device, non_blocking=True)
+        cdf = torch.cumsum(p, 0)
+        cdf = cdf / cdf[-1]
+        t = torch.searchsorted(cdf, u, right=True).clamp_(max=self.timesteps - 1)
+        weights = 1.0 / (self.timesteps * p[t]) if self.reweight else torch.ones_like(u)
+        return t, weights.float()
 
     def draw(self, batch: int, draws: int, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """t (batch * draws,) int64 and weights (batch * draws,) float32 for one step's global batch.
 
         Rows b * draws .. b * draws + draws - 1 are image b's draws, one per stratum [j / draws, (j + 1) / draws).
         """
-        p = self.probs()
-        g = generator(seed, step, _STREAM)
-        u = (torch.arange(draws, dtype=torch.float64)[None, :] + torch.rand(batch, draws, generator=g,
-                                                                            dtype=torch.float64)) / draws
-        cdf = torch.cumsum(p, 0)
-        cdf = cdf / cdf[-1]
-        # the first t whose CDF exceeds u; a t of probability 0 is never drawn
-        t = torch.searchsorted(cdf, u.reshape(-1), right=True).clamp_(max=self.timesteps - 1)
-        weights = 1.0 / (self.timesteps * p[t]) if self.reweight else torch.ones(len(t), dtype=torch.float64)
-        return t, weights.float()
+        return self.from_uniforms(draw_uniforms(batch, draws, seed, step))
 
     def update(self, t: torch.Tensor, loss: torch.Tensor, baseline: torch.Tensor | None = None) -> None:
         """Record per-sample losses (unweighted) at their t; a fixed distribution ignores them."""
@@ -82,6 +105,10 @@ class LossAwareSampler(TimestepSampler):
     ``statistic``: ``loss`` (s = l, the loss-second-moment resampler) or ``removed`` (s = l_DM - l, the loss
     the decoder removes). Uniform until every t holds ``history`` values; then mixed with the uniform
     distribution by ``uniform_mix``, a floor p >= uniform_mix / T that bounds the weights: w <= 1 / uniform_mix.
+
+    The history is a (T, history) ring buffer on the sampler's device, written by tensor operations (several
+    values of one t in a batch take consecutive slots in batch order, as a loop over the batch would), and the
+    warm-up test is a device-side ``where``: nothing is read back to the host during training.
     """
 
     def __init__(self, timesteps: int, statistic: str = "loss", history: int = 10, uniform_mix: float = 0.1):
@@ -93,22 +120,33 @@ class LossAwareSampler(TimestepSampler):
             raise ValueError(f"importance uniform_mix must be in (0, 1], got {uniform_mix}")
         super().__init__(torch.full((timesteps,), 1.0 / timesteps, dtype=torch.float64), reweight=True)
         self.statistic, self.history, self.uniform_mix = statistic, history, uniform_mix
-        self.values = np.zeros((timesteps, history), dtype=np.float64)  # ring buffer per t
-        self.count = np.zeros(timesteps, dtype=np.int64)  # values ever recorded per t
+        # the ring buffers of every t, flat, plus one scratch slot that takes the writes a batch overrides
+        self._buffer = torch.zeros(timesteps * history + 1, dtype=torch.float64)
+        self.count = torch.zeros(timesteps, dtype=torch.int64)  # values ever recorded per t
+
+    @property
+    def values(self) -> torch.Tensor:
+        """The ring buffer (T, history): the last ``history`` values of the statistic at every t."""
+        return self._buffer[:-1].view(self.timesteps, self.history)
+
+    def to(self, device: torch.device | str) -> LossAwareSampler:
+        super().to(device)
+        self._buffer, self.count = self._buffer.to(device), self.count.to(device)
+        return self
 
     def warmed_up(self) -> bool:
+        """Whether every t holds ``history`` values (a host read: for tests and reports, not the step)."""
         return bool((self.count >= self.history).all())
 
     def probs(self) -> torch.Tensor:
         T = self.timesteps
-        if not self.warmed_up():
-            return torch.full((T,), 1.0 / T, dtype=torch.float64)
-        root = np.sqrt(np.mean(self.values**2, axis=1))
+        uniform = torch.full((T,), 1.0 / T, dtype=torch.float64, device=self._buffer.device)
+        root = torch.sqrt(torch.mean(self.values**2, dim=1))
         total = root.sum()
-        if not np.isfinite(total) or total <= 0:
-            return torch.full((T,), 1.0 / T, dtype=torch.float64)
         p = (1 - self.uniform_mix) * root / total + self.uniform_mix / T
-        return torch.as_tensor(p / p.sum(), dtype=torch.float64)
+        p = p / p.sum()
+        usable = (self.count >= self.history).all() & torch.isfinite(total) & (total > 0)
+        return torch.where(usable, p, uniform)
 
     def update(self, t: torch.Tensor, loss: torch.Tensor, baseline: torch.Tensor | None = None) -> None:
         if self.statistic == "removed":
@@ -117,14 +155,31 @@ class LossAwareSampler(TimestepSampler):
             value = baseline.double() - loss.double()
         else:
             value = loss.double()
-        for ti, v in zip(t.cpu().tolist(), value.cpu().tolist(), strict=True):  # in batch order: deterministic
-            self.values[ti, self.count[ti] % self.history] = v
-            self.count[ti] += 1
+        device = self._buffer.device
+        t, value = t.to(device), value.to(device)
+        n = len(t)
+        # rank of each sample among the earlier samples of the same t (batch order), by a stable sort
+        order = torch.sort(t, stable=True).indices
+        sorted_t = t[order]
+        positions = torch.arange(n, device=device)
+        is_start = torch.ones(n, dtype=torch.bool, device=device)
+        is_start[1:] = sorted_t[1:] != sorted_t[:-1]
+        group_start = torch.cummax(torch.where(is_start, positions, torch.zeros_like(positions)), 0).values
+        rank = torch.empty_like(positions)
+        rank[order] = positions - group_start
+        seen = torch.zeros(self.timesteps, dtype=torch.int64, device=device).index_add_(0, t, torch.ones_like(t))
+        # a t drawn more than ``history`` times keeps its last ``history`` values, as sequential writes would; the
+        # overridden ones go to the scratch slot (no boolean indexing: its size would be read by the host)
+        keep = rank >= seen[t] - self.history
+        slot = t * self.history + (self.count[t] + rank) % self.history
+        scratch = torch.full_like(slot, self.timesteps * self.history)
+        self._buffer.index_put_((torch.where(keep, slot, scratch),), value)
+        self.count += seen
 
     def state_dict(self) -> dict:
-        # JSON-able and exact: Python floats round-trip through repr
+        # JSON-able and exact: Python floats round-trip through repr (read at checkpoints only)
         return {"statistic": self.statistic, "history": self.history, "uniform_mix": self.uniform_mix,
-                "values": self.values.tolist(), "count": self.count.tolist()}
+                "values": self.values.cpu().tolist(), "count": self.count.cpu().tolist()}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
@@ -132,8 +187,13 @@ class LossAwareSampler(TimestepSampler):
         for key in ("statistic", "history", "uniform_mix"):
             if state[key] != getattr(self, key):
                 raise ValueError(f"the checkpoint's sampler has {key}={state[key]!r}, the config {getattr(self, key)!r}")
-        self.values = np.asarray(state["values"], dtype=np.float64).reshape(self.timesteps, self.history)
-        self.count = np.asarray(state["count"], dtype=np.int64)
+        device = self._buffer.device
+        values = torch.tensor(state["values"], dtype=torch.float64, device=device).reshape(-1)
+        if len(values) != self.timesteps * self.history:
+            raise ValueError(f"the checkpoint's sampler holds {len(values)} values, expected "
+                             f"{self.timesteps} x {self.history}")
+        self._buffer = torch.cat([values, torch.zeros(1, dtype=torch.float64, device=device)])
+        self.count = torch.tensor(state["count"], dtype=torch.int64, device=device)
 
 
 def build_sampler(kind: str, partition, history: int = 10, uniform_mix: float = 0.1) -> TimestepSampler | None:

@@ -6,8 +6,12 @@ objective); it also provides ``trainable_parameters()``, ``trainable_state_dict(
 ``accelerate launch``: ``train.batch_size`` is the global batch and ``train.lr`` does not depend on the
 number of processes. Only the main process writes.
 
-Nothing waits on the device during a step: data, t and noise come ready from the DataLoader
-(training/loader.py); the loss, the per-time-step loss histogram and the NaN guard stay on the device. The
+Placement comes first: accelerate places (and, for several processes, wraps) the module, and the optimizer,
+the EMA and the t-sampler's state are made from the placed parameters on their device; a checkpoint is loaded
+into them afterwards (Adam's ``step`` counters stay on the CPU, as torch keeps them). Nothing waits on the
+device during a step: data, t, noise and the t-sampler's uniforms come ready from the DataLoader
+(training/loader.py); the sampler's history, the loss, the per-time-step loss histogram and the NaN guard
+stay on the device (tests/test_devices.py runs the loop on the ``meta`` device to prove it). The
 host reads them back every ``log_every`` steps, before every checkpoint and at the end (one transfer), so
 a GPU runs ahead of Python. The NaN guard still names the first step whose loss was not finite, and no
 checkpoint is ever written after such a step (the run stops at the next read-back, without saving).
@@ -34,10 +38,9 @@ from ..errors import CheckpointSaveError, TrainingDiverged
 from .checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
 from .ema import EMA
 from .loader import StepBatches, StepBatchSampler, default_num_workers, step_loader
-from .randomness import generator, micro_slice, seed_step
+from .randomness import seed_step
 from .timesteps import TimestepSampler
 
-_DRAW_NOISE_STREAM = 0x7158  # keeps the noise of several draws per image apart from every other draw
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -94,18 +97,32 @@ class Trainer:
             )
         self.micro = cfg.batch_size // (world * cfg.grad_accum_steps)
         self.module = module
+        # Placement first, every state after it: accelerate moves the module (and wraps it for several
+        # processes); the optimizer, the EMA shadows and the t-sampler's state are then made from the placed
+        # parameters, on their device, and a resumed state is loaded onto it (``resume``). (A move may replace
+        # the Parameter objects, e.g. to another device type, so nothing holds them from before.)
+        if cfg.channels_last:
+            module.to(memory_format=torch.channels_last)
+        self.model = self.acc.prepare(module)
         self.named_trainable = {n: p for n, p in module.named_parameters() if p.requires_grad}
-        self.optimizer = torch.optim.Adam(
+        self.optimizer = self.acc.prepare(torch.optim.Adam(
             module.trainable_parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
-        )
+        ))
         self.ema = EMA(self.named_trainable, cfg.ema_decay, cfg.ema_warmup)
+        if self.t_sampler is not None:
+            self.t_sampler.to(self.acc.device)
         self.step = 0
         self.loss_sum = np.zeros(timesteps)  # per-time-step loss histogram (main process)
         self.loss_count = np.zeros(timesteps, dtype=np.int64)
 
     # ------------------------------------------------------------------------------------------------
     def resume(self) -> bool:
-        """Restore model, EMA, optimizer, step and loss histogram from the latest checkpoint, if any."""
+        """Restore model, EMA, optimizer, step and loss histogram from the latest checkpoint, if any.
+
+        The checkpoint is read on the CPU and copied into the placed module, EMA and optimizer: torch's
+        ``Optimizer.load_state_dict`` casts each state tensor to its parameter's device but keeps Adam's
+        ``step`` counters on the CPU (where the non-fused Adam reads them every step without a device sync).
+        """
         path = latest_checkpoint(self.ckpt_dir)
         if path is None:
             return False
@@ -157,21 +174,10 @@ class Trainer:
     def run(self) -> None:
         """Train from ``self.step`` to ``cfg.steps``: setup, then one ``train_step`` per optimizer step."""
         cfg, acc = self.cfg, self.acc
-        if cfg.channels_last:
-            self.module.to(memory_format=torch.channels_last)
-        model, optimizer = acc.prepare(self.module, self.optimizer)
+        model, optimizer = self.model, self.optimizer
         if cfg.compile:
             model = torch.compile(model)
-        sample_shape = tuple(self.dataset[0].shape)
-        sampler = StepBatchSampler(
-            len(self.dataset), cfg.batch_size, cfg.seed, self.step, cfg.steps, acc.process_index,
-            acc.num_processes, cfg.grad_accum_steps,
-        )
-        batches = StepBatches(
-            self.dataset, cfg.batch_size, sample_shape, self.timesteps, cfg.seed, self.t_probs, self.hflip,
-            acc.process_index, acc.num_processes, cfg.grad_accum_steps,
-        )
-        loader = iter(step_loader(batches, sampler, self.num_workers, acc.device))
+        loader = self.loader()
         self._start_device_state()
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not (cfg.progress and acc.is_main_process),
                    dynamic_ncols=True)
@@ -203,6 +209,21 @@ class Trainer:
         finally:
             bar.close()
         acc.wait_for_everyone()
+
+    def loader(self):
+        """An iterator over the micro-batches from ``self.step`` to ``cfg.steps`` (training/loader.py): every
+        random draw of a step (t, eps, flips, and the t-sampler's uniforms) is made there, in the workers."""
+        cfg, acc = self.cfg, self.acc
+        sampler = StepBatchSampler(
+            len(self.dataset), cfg.batch_size, cfg.seed, self.step, cfg.steps, acc.process_index,
+            acc.num_processes, cfg.grad_accum_steps,
+        )
+        batches = StepBatches(
+            self.dataset, cfg.batch_size, tuple(self.dataset[0].shape), self.timesteps, cfg.seed, self.t_probs,
+            self.hflip, acc.process_index, acc.num_processes, cfg.grad_accum_steps,
+            uniforms=self.t_sampler is not None, draws=self.draws,
+        )
+        return iter(step_loader(batches, sampler, self.num_workers, acc.device))
 
     def _start_device_state(self) -> None:
         """Device tensors for the loss window, the per-t histogram and the NaN guard (read back by
@@ -240,10 +261,6 @@ class Trainer:
         device = acc.device
         seed_step(cfg.seed, self.step, acc.process_index)
         step_loss = torch.zeros((), device=device)
-        if self.t_sampler is not None:
-            m = self.draws
-            t_all, w_all = self.t_sampler.draw(cfg.batch_size, m, cfg.seed, self.step)
-            noise_all = self._step_noise(m) if m > 1 else None
         for a in range(cfg.grad_accum_steps):
             try:
                 batch = next(loader)
@@ -251,15 +268,11 @@ class Trainer:
                 raise ValueError(_data_error(err, self.step + 1)) from None
             x0 = batch["x0"].to(device, non_blocking=True)
             t = batch["t"].to(device, non_blocking=True)
-            noise = batch["noise"].to(device, non_blocking=True)
+            noise = batch["noise"].to(device, non_blocking=True)  # (micro * m, ...) with m draws per image
             weights = None
             if self.t_sampler is not None:
-                # this micro-batch's images are rows lo..lo+micro of the global batch; their draws follow
-                lo = micro_slice(a, acc.process_index, acc.num_processes, self.micro) * m
-                rows = slice(lo, lo + self.micro * m)
-                t, weights = t_all[rows].to(device), w_all[rows].to(device)
-                if noise_all is not None:
-                    noise = noise_all[rows].to(device)
+                # the loader's uniforms of this micro-batch's draws -> t and importance weights, on the device
+                t, weights = self.t_sampler.from_uniforms(batch["u"].to(device, non_blocking=True))
             if cfg.channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
             sync = a == cfg.grad_accum_steps - 1  # gradients are all-reduced on the last micro-batch only
@@ -286,11 +299,6 @@ class Trainer:
         self.ema.update(self.step)
         optimizer.zero_grad(set_to_none=True)
         return loss
-
-    def _step_noise(self, draws: int) -> torch.Tensor:
-        """eps for every draw of the step's global batch (batch * draws, C, H, W): a function of (seed, step)."""
-        shape = (self.cfg.batch_size * draws, *self.dataset[0].shape)
-        return torch.randn(shape, generator=generator(self.cfg.seed, self.step, _DRAW_NOISE_STREAM))
 
     def _record(self, per_sample: torch.Tensor, t: torch.Tensor) -> None:
         if self.acc.is_main_process:
