@@ -42,7 +42,6 @@ from .randomness import seed_step
 from .timesteps import TimestepSampler
 
 
-
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     # accelerate keeps one process-wide state and refuses a second Accelerator with another mixed precision;
     # a process that runs several jobs (tests, the demo) starts each from a fresh state. The process group
