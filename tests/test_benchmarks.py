@@ -269,3 +269,17 @@ def test_explore_quick(tmp_path, capsys):
     # a first edit inverts two images and decodes; a cached one only decodes
     assert result["first_edit"]["median_s"] > result["cached_edit"]["median_s"]
     assert json.loads((tmp_path / "r.json").read_text())["machine"]["threads"] == 1
+
+
+def test_gpu_check_keeps_the_repeats_a_budget_cut(tmp_path):
+    """A variant whose repeats run past the budget keeps what it measured and says it was cut."""
+    script = runpy.run_path(str(BENCH / "gpu_check.py"))
+    import torch
+
+    settings = dict(script["SETTINGS"]["quick"], repeats=100_000)
+    check = script["Check"](tmp_path / "g.json", 21.5, "quick", [])  # a variant needs ~20 s left to start
+    section = script["steps_section"](check, settings, torch.device("cpu"), ["fp32"])
+    row = section["variants"]["fp32"]
+    assert row.get("cut_by_budget") is True
+    for model in ("ddpm", "diti"):
+        assert 0 < row[model]["repeats"] < 100_000 and row[model]["median_s"] > 0
