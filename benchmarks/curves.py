@@ -12,6 +12,11 @@ and a random encoder are the references.
     python benchmarks/curves.py --variants pdae,diti-k8-sg --seeds 0 --jobs 2
     python benchmarks/curves.py --plot-only                     # figures + tables from the committed JSON
     python benchmarks/curves.py --quick --out /tmp/c            # a minute; format check (used by the tests)
+    python benchmarks/curves.py --precision bf16 --variants pdae,diti-k8-sg --jobs 2   # the fast mode's curves
+
+``--precision bf16`` trains every learned variant under bf16 autocast (``train.mixed_precision=bf16``; the
+evaluation stays float32) and keeps its points apart (default RESULTS benchmarks/results/curves-bf16, run
+folders runs/bench-curves-bf16), so that they can be set beside the float32 curves.
 
 Each finished point is one JSON, ``RESULTS/<variant>/seed<k>/step<NNNNNN>.json`` (RESULTS defaults to
 benchmarks/results/curves in full mode, OUT/results in quick mode): a killed or moved sweep resumes without
@@ -149,7 +154,7 @@ def point_path(results: Path, variant: str, seed: int, step: int) -> Path:
 
 
 def run_curve(variant: str, seed: int, s: dict, data: str, dm: str, out: str, results: str,
-              attribute_loss: str | None, threads: int | None) -> list[str]:
+              attribute_loss: str | None, threads: int | None, extra: tuple[str, ...] = ()) -> list[str]:
     """Train one (variant, seed) through every point, evaluating each point once; returns the files written.
     A top-level function so that a process pool can run several (``--jobs``), each with ``threads`` threads."""
     if threads:
@@ -158,7 +163,7 @@ def run_curve(variant: str, seed: int, s: dict, data: str, dm: str, out: str, re
     base = build_config(DiTiConfig, s["preset"], overrides=[f"dm={json.dumps(str(dm))}",
                                                              f"data.path={json.dumps(str(data))}"])
     d = base.partition.latent_dim
-    overrides = variant_overrides(variant, s, Path(attribute_loss) if attribute_loss else None, d)
+    overrides = [*variant_overrides(variant, s, Path(attribute_loss) if attribute_loss else None, d), *extra]
     reference = Partition(d, s["k"], base.diffusion.timesteps)
     run = out / variant / f"seed{seed}"
     segments_file = run / "segments.json"
@@ -183,7 +188,10 @@ def run_curve(variant: str, seed: int, s: dict, data: str, dm: str, out: str, re
         t1 = time.perf_counter()
         row = evaluate(train, test, model.partition, s, seed, dci_from is not None and step >= dci_from,
                        reference if model.partition.k == 1 else None)
+        losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         row.update(variant=variant, seed=seed, step=step, images=step * cfg.train.batch_size,
+                   precision=cfg.train.mixed_precision,
+                   losses=[[r["step"], r["loss"]] for r in losses if r["step"] <= step],
                    train_seconds=sum(x["seconds"] for x in segments), segments=segments,
                    eval_seconds=time.perf_counter() - t1, partition=model.partition.describe(),
                    overrides=overrides, machine=_machine(threads), date=date.today().isoformat())
@@ -454,9 +462,12 @@ def main(argv=None) -> dict:
     p.add_argument("--attribute-loss", default=None, help="the DM's attribute_loss.json (default: beside the "
                    "shipped DM) for the diti-imb-sg variant")
     p.add_argument("--jobs", type=int, default=1, help="(variant, seed) jobs in parallel, one thread each")
-    p.add_argument("--out", default="runs/bench-curves", help="run folders (data, checkpoints)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="training precision of the learned variants (bf16: autocast; evaluation stays float32)")
+    p.add_argument("--out", default=None, help="run folders (data, checkpoints; default runs/bench-curves, "
+                   "runs/bench-curves-bf16 with --precision bf16)")
     p.add_argument("--results", default=None, help="point JSON, figures, tables (default "
-                   "benchmarks/results/curves; quick: OUT/results)")
+                   "benchmarks/results/curves or curves-bf16; quick: OUT/results)")
     p.add_argument("--plot-only", action="store_true", help="only rebuild figures and tables from RESULTS")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
@@ -465,8 +476,11 @@ def main(argv=None) -> dict:
         s["points"] = sorted(int(x) for x in args.points.split(","))
     if args.dci_points is not None:
         s["dci_points"] = args.dci_points
-    out = Path(args.out)
-    results = Path(args.results) if args.results else (out / "results" if args.quick else ROOT / "results" / "curves")
+    suffix = "" if args.precision == "fp32" else f"-{args.precision}"
+    extra = () if args.precision == "fp32" else (f"train.mixed_precision={args.precision}",)
+    out = Path(args.out or f"runs/bench-curves{suffix}")
+    results = Path(args.results) if args.results else (out / "results" if args.quick
+                                                         else ROOT / "results" / f"curves{suffix}")
     if args.plot_only:
         dm = Path(args.dm) if args.dm else shipped_dm("dm-shapes2-16")
         return _finish(results, args.attribute_loss or (dm / "attribute_loss.json" if dm else None))
@@ -507,7 +521,7 @@ def main(argv=None) -> dict:
     def submit(kind, v, seed):
         if kind == "baseline":
             return run_baseline, (v, seed, s, str(data), str(dm), str(results), threads)
-        return run_curve, (v, seed, s, str(data), str(dm), str(out), str(results), attribute_loss, threads)
+        return run_curve, (v, seed, s, str(data), str(dm), str(out), str(results), attribute_loss, threads, extra)
 
     if args.jobs > 1:
         import multiprocessing

@@ -63,6 +63,7 @@ def test_curves_quick(tmp_path, capsys):
     assert {"dci_d", "dci_c", "dci_i", "chunk_d", "chunk_c"} <= set(last["metrics"])
     assert last["images"] == 4 * 16 and last["train_seconds"] >= first["train_seconds"] > 0
     assert last["protocol"]["name"] == "fast" and len(last["probe"]) == 8  # shapes version 2: 8 factors
+    assert last["precision"] == "no" and [s for s, _ in last["losses"]] == [2, 4]  # each segment logs its end
     # PDAE's chunk-level metrics use the DiTi variant's chunks
     assert last["chunk_level"]["source"] == "chunks of the reference partition"
     assert len(last["chunk_level"]["chunk_importance"]) == 4
@@ -79,6 +80,11 @@ def test_curves_quick(tmp_path, capsys):
     rows = [line for line in table.splitlines() if line.startswith("| diti-k8-sg |")]
     mean = rows[0].split("|")[3].strip()
     assert len(rows) == 1 and (mean == "–" or -1 <= float(mean) <= 1)
+    # the fast mode's curves: trained under bf16 autocast, in their own folders
+    bf16 = main(["--quick", "--precision", "bf16", "--variants", "pdae", "--points", "2", "--out", str(tmp_path / "b")])
+    point = bf16["table"]["pdae"][2][0]
+    assert point["precision"] == "bf16" and "train.mixed_precision=bf16" in point["overrides"]
+    assert (tmp_path / "b" / "results" / "pdae" / "seed0" / "step000002.json").is_file()
 
 
 def test_dm_check_quick(tmp_path, capsys):
