@@ -25,11 +25,22 @@ also reports the largest difference between the two eps_theta on one batch (same
     python benchmarks/train_step.py --profile             # where does the time go (torch.profiler)
     python benchmarks/train_step.py --official /tmp/diti-official --sizes "" --batch 4 --repeats 5
     python benchmarks/train_step.py --quick               # seconds; used by the test suite
+    python benchmarks/train_step.py --modes all --sizes 16px-shapes2-bench,32px-shapes-demo,64px-celeba64 \
+        --batches 64,32,4 --repeats 6 --memory --out benchmarks/results/train_modes_cpu.json
+
+``--modes`` times the DDPM and DiTi steps of each size in several execution modes (MODES: fp32, bf16
+autocast, channels_last, fused Adam, the frozen DM stored in bf16, the math attention kernel, torch.compile in
+fp32 and bf16), each mode on a fresh copy of the same weights, repeats interleaved over every (mode, model),
+and reports per mode: median and IQR of the step time, speed-up over fp32, the first step's time (for the
+compiled modes: ``compile_s``, the first step minus the median, and ``pays_off_after_steps``, after how many
+steps the compiled step has saved its compile time over the same mode eager), the loss of the first step on
+one fixed batch against fp32, and (``--memory``, eager modes) the peak RSS of a fresh process running it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
@@ -53,6 +64,8 @@ from diti.models.encoder import Encoder
 # name -> (resolution, UNet, DiTi preset). The 64 px UNet has the official CelebA64 DM's shape (channels
 # 128-256-256-256, 2 ResNet blocks per level, attention at 16x16, scale-shift norm): ~35M parameters.
 SIZES = {
+    "16px-shapes2-bench": (16, UNetConfig(block_out_channels=[32, 64, 64], attention_levels=[1], norm_num_groups=16,
+                                          attention_head_dim=32), "shapes2-bench"),
     "32px-shapes-demo": (32, UNetConfig(block_out_channels=[32, 64, 64], attention_levels=[1], norm_num_groups=16,
                                         attention_head_dim=32), "shapes-demo"),
     "64px-celeba64": (64, UNetConfig(block_out_channels=[128, 256, 256, 256], layers_per_block=2,
@@ -343,6 +356,161 @@ def cpu_peak_memory(args, size) -> dict:
     return out
 
 
+# --modes: one training step of each model in several execution modes, every mode from the same weights.
+# name -> (bf16 autocast, torch.compile, channels_last, fused Adam, frozen DM stored in bf16, SDPA math kernel)
+MODES = {
+    "fp32": (False, False, False, False, False, False),
+    "bf16": (True, False, False, False, False, False),
+    "channels_last": (False, False, True, False, False, False),
+    "bf16+channels_last": (True, False, True, False, False, False),
+    "fused_adam": (False, False, False, True, False, False),
+    "bf16+fused_adam": (True, False, False, True, False, False),
+    "bf16+dm_bf16": (True, False, False, False, True, False),
+    "bf16+sdpa_math": (True, False, False, False, False, True),
+    "compile": (False, True, False, False, False, False),
+    "compile+bf16": (True, True, False, False, False, False),
+}
+MODE_NOTES = {
+    "bf16+dm_bf16": "the frozen DM's weights cast to bf16 once (DiTi only): no per-step cast of the frozen half",
+    "bf16+sdpa_math": "bf16 with torch's math attention kernel instead of the fused (flash) CPU kernel",
+    "fused_adam": "torch's fused Adam (one kernel for all parameters) instead of the default foreach Adam",
+    "inference_mode": "not a mode: tensors made under torch.inference_mode cannot be saved for the decoder's "
+                      "backward, and the frozen forward already runs under no_grad",
+    "sdpa_encoder": "not a mode: the encoder's attention (diffusers Attention) already uses "
+                    "scaled_dot_product_attention; the shapes encoders have no attention",
+}
+
+
+def mode_step(module, params_of, batch: int, resolution: int, device, mode: str):
+    """(step function, loss of its first call): ``module`` (a fresh copy) set up for ``mode``; the first call
+    runs on a fixed batch (same images, t and noise in every mode) and its loss is returned with the step."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    bf16, compile_, channels_last, fused, dm_bf16, sdpa_math = MODES[mode]
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+    if dm_bf16:
+        module.decoder.dm.to(torch.bfloat16)
+    params = params_of(module)
+    run = torch.compile(module) if compile_ else module
+    opt = torch.optim.Adam(params, lr=1e-4, fused=True if fused else None)
+    gen = torch.Generator().manual_seed(1)
+    x0 = (torch.rand(batch, 3, resolution, resolution, generator=gen) * 2 - 1).to(device)
+    t0 = torch.randint(0, 1000, (batch,), generator=gen).to(device)
+    noise0 = torch.randn(x0.shape, generator=gen).to(device)
+    if channels_last:
+        x0, noise0 = (v.contiguous(memory_format=torch.channels_last) for v in (x0, noise0))
+
+    def context():
+        stack = contextlib.ExitStack()
+        if bf16:
+            stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
+        if sdpa_math:
+            stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        return stack
+
+    draws = torch.Generator().manual_seed(2)
+
+    def step(fixed: bool = False):
+        t = t0 if fixed else torch.randint(0, 1000, (batch,), generator=draws).to(device)
+        noise = noise0 if fixed else torch.randn(x0.shape, generator=draws).to(device)
+        with context():
+            out = run(x0, t, noise)
+        out.mean.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return out.mean.detach()
+
+    return step
+
+
+def _params_of(name: str):
+    return (lambda m: list(m.parameters())) if name == "ddpm" else (lambda m: m.trainable_parameters())
+
+
+def measure_modes(size: str, modes: list[str], batch: int, repeats: int, warmup: int, device: torch.device,
+                  models=("ddpm", "diti")) -> dict:
+    """Every (mode, model) step at ``size``, repeats interleaved over all of them (module docstring of --modes)."""
+    resolution, ddpm, diti = build(size, device)
+    bases = {"ddpm": ddpm, "diti": diti}
+    steps, out = {}, {}
+    for mode in modes:
+        out[mode] = {}
+        for name in models:
+            if MODES[mode][4] and name == "ddpm":
+                out[mode][name] = {"skipped": "the DDPM step has no frozen DM"}
+                continue
+            step = mode_step(copy.deepcopy(bases[name]), _params_of(name), batch, resolution, device, mode)
+            sync(device)
+            start = time.perf_counter()
+            loss = float(step(fixed=True))  # compilation included, on the fixed batch
+            sync(device)
+            out[mode][name] = {"first_step_s": time.perf_counter() - start, "loss_fixed_batch": loss}
+            for _ in range(warmup):
+                step()
+            steps[(mode, name)] = step
+            print(f"  {size} {mode} {name}: first step {out[mode][name]['first_step_s']:.1f} s", flush=True)
+    times = {k: [] for k in steps}
+    for _ in range(repeats):
+        for key, step in steps.items():  # interleaved over every mode and model
+            sync(device)
+            start = time.perf_counter()
+            step()
+            sync(device)
+            times[key].append(time.perf_counter() - start)
+    for (mode, name), ts in times.items():
+        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
+        out[mode][name].update(median_s=statistics.median(ts), q1_s=q[0], q3_s=q[2],
+                               img_per_s=batch / statistics.median(ts))
+    for mode in modes:
+        for name in models:
+            row, ref = out[mode][name], out.get("fp32", {}).get(name, {})
+            if "median_s" not in row or "median_s" not in ref:
+                continue
+            row["speedup_over_fp32"] = ref["median_s"] / row["median_s"]
+            row["loss_diff_vs_fp32"] = row["loss_fixed_batch"] - ref["loss_fixed_batch"]
+            if MODES[mode][1]:  # compiled: the first step's extra time, and when it is paid back
+                row["compile_s"] = row["first_step_s"] - row["median_s"]
+                # against the same mode uncompiled (compile+bf16 against bf16)
+                eager = "bf16" if MODES[mode][0] else "fp32"
+                gain = out.get(eager, {}).get(name, {}).get("median_s", float("nan")) - row["median_s"]
+                row["pays_off_after_steps"] = row["compile_s"] / gain if gain > 0 else None
+    return {"size": size, "resolution": resolution, "batch": batch, "repeats": repeats, "warmup": warmup,
+            "device": device.type, "threads": torch.get_num_threads(), "modes": out}
+
+
+def mode_peak_rss(size: str, mode: str, name: str, batch: int) -> float:
+    """Peak RSS (MiB) of a fresh process that builds one model and runs two steps of ``mode``."""
+    code = (
+        "import runpy, torch, copy; "
+        f"torch.set_num_threads({torch.get_num_threads()}); "
+        f"b = runpy.run_path({__file__!r}); "
+        f"r, d, m = b['build']({size!r}, torch.device('cpu'), ({name!r},)); "
+        f"mod = d if {name!r} == 'ddpm' else m; "
+        f"s = b['mode_step'](mod, b['_params_of']({name!r}), {batch}, r, torch.device('cpu'), {mode!r}); "
+        "s(True); s(); print(b['_peak_rss_mib']())"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(res.stdout.strip().splitlines()[-1])
+
+
+def print_modes(row: dict) -> None:
+    print(f"\n{row['size']} ({row['resolution']} px, batch {row['batch']}, {row['device']}, {row['threads']} "
+          f"thread(s), {row['repeats']} repeats interleaved over every mode)")
+    print(f"{'mode':<20} {'model':<5} {'median s':>9} {'IQR s':>17} {'speed-up':>8} {'first s':>8} "
+          f"{'compile s':>9} {'pays off':>9} {'peak MiB':>9} {'dloss':>9}")
+    for mode, models in row["modes"].items():
+        for name, r in models.items():
+            if "median_s" not in r:
+                print(f"{mode:<20} {name:<5} {r.get('skipped', r.get('error', '-'))}")
+                continue
+            pays = r.get("pays_off_after_steps")
+            print(f"{mode:<20} {name:<5} {r['median_s']:>9.4f} {r['q1_s']:>8.4f}-{r['q3_s']:<8.4f} "
+                  f"{r.get('speedup_over_fp32', float('nan')):>8.3f} {r['first_step_s']:>8.1f} "
+                  f"{r.get('compile_s', float('nan')):>9.1f} {'-' if pays is None else f'{pays:.0f}':>9} "
+                  f"{r.get('peak_rss_MiB', float('nan')):>9.0f} {r.get('loss_diff_vs_fp32', float('nan')):>9.2e}")
+
+
 def machine() -> dict:
     cpu = platform.processor()
     try:
@@ -367,10 +535,17 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table per variant")
     p.add_argument("--quick", action="store_true", help="16 px, batch 4, 2 repeats (format check)")
     p.add_argument("--official", metavar="PATH", help="a clone of the official DiTi repository: add the side-by-side row")
+    p.add_argument("--modes", default=None, help=f"comma list of execution modes ({', '.join(MODES)}) or 'all': "
+                   "time every (mode, model) step at each size, repeats interleaved over all of them")
+    p.add_argument("--batches", default=None, help="with --modes: comma list of one batch per size (default --batch)")
+    p.add_argument("--memory", action="store_true", help="with --modes: peak RSS of each eager mode in a fresh "
+                   "process (compiled modes are not: the process would compile again)")
     p.add_argument("--out", help="write the rows as JSON here")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.batch, args.repeats, args.warmup = "16px-quick", 4, 2, 1
+    if args.modes:
+        return run_modes(p, args)
     rows = []
     for size in filter(None, args.sizes.split(",")):
         if size not in SIZES:
@@ -388,6 +563,41 @@ def main(argv=None) -> list[dict]:
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"machine": machine(), "rows": rows}, f, indent=2)
+    return rows
+
+
+def run_modes(p: argparse.ArgumentParser, args) -> list[dict]:
+    """``--modes``: one interleaved measurement of every mode per size (module docstring)."""
+    modes = list(MODES) if args.modes == "all" else args.modes.split(",")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        p.error(f"unknown modes {unknown}; choose from {list(MODES)}")
+    if args.quick:
+        modes = [m for m in modes if not MODES[m][1]]  # tracing takes minutes on a CPU
+    if "fp32" not in modes:
+        modes.insert(0, "fp32")  # the reference of every speed-up
+    sizes = [x for x in args.sizes.split(",") if x]
+    batches = [int(b) for b in args.batches.split(",")] if args.batches else [args.batch] * len(sizes)
+    if len(batches) != len(sizes):
+        p.error(f"--batches needs one batch per size ({len(sizes)})")
+    rows = []
+    for size, batch in zip(sizes, batches, strict=True):
+        if size not in SIZES:
+            p.error(f"unknown size {size!r}; choose from {list(SIZES)}")
+        start = time.perf_counter()
+        row = measure_modes(size, modes, batch, args.repeats, args.warmup, torch.device(args.device))
+        if args.memory and args.device == "cpu":
+            for mode, models in row["modes"].items():
+                for name, r in models.items():
+                    if "median_s" in r and not MODES[mode][1]:
+                        r["peak_rss_MiB"] = mode_peak_rss(size, mode, name, batch)
+        row["wall_s"] = time.perf_counter() - start
+        rows.append(row)
+        print_modes(row)
+        if args.out:  # rewritten after every size: a long run keeps what it measured
+            with open(args.out, "w") as f:
+                json.dump({"machine": machine(), "notes": MODE_NOTES, "command": " ".join(sys.argv), "rows": rows},
+                          f, indent=2)
     return rows
 
 

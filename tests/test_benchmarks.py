@@ -289,3 +289,30 @@ def test_gpu_check_keeps_the_repeats_a_budget_cut(tmp_path):
     assert row.get("cut_by_budget") is True
     for model in ("ddpm", "diti"):
         assert 0 < row[model]["repeats"] < 100_000 and row[model]["median_s"] > 0
+
+
+def test_train_step_modes_quick(tmp_path, capsys):
+    main = runpy.run_path(str(BENCH / "train_step.py"))["main"]
+    rows = main(["--quick", "--modes", "bf16,channels_last,bf16+dm_bf16,compile", "--out", str(tmp_path / "m.json")])
+    modes = rows[0]["modes"]
+    assert list(modes) == ["fp32", "bf16", "channels_last", "bf16+dm_bf16"]  # fp32 added, compile left out in quick
+    for name in ("ddpm", "diti"):
+        assert modes["fp32"][name]["speedup_over_fp32"] == 1.0 and modes["fp32"][name]["loss_diff_vs_fp32"] == 0.0
+        assert modes["bf16"][name]["median_s"] > 0 and modes["bf16"][name]["loss_diff_vs_fp32"] != 0.0
+        # channels_last changes the memory layout, not the arithmetic
+        assert abs(modes["channels_last"][name]["loss_diff_vs_fp32"]) < 1e-4 * modes["fp32"][name]["loss_fixed_batch"]
+    assert "skipped" in modes["bf16+dm_bf16"]["ddpm"] and modes["bf16+dm_bf16"]["diti"]["median_s"] > 0
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["rows"][0]["modes"]["bf16"]["diti"]["median_s"] == modes["bf16"]["diti"]["median_s"]
+    assert "speed-up" in capsys.readouterr().out
+
+
+def test_precision_quick(tmp_path):
+    main = runpy.run_path(str(BENCH / "precision.py"))["main"]
+    result = main(["--quick", "--variants", "pdae", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert [(r["precision"], [s for s, _ in r["losses"]]) for r in result["runs"]] == [
+        ("fp32", [1, 2, 3, 4]), ("bf16", [1, 2, 3, 4])]
+    fixed = result["fixed_batch"][0]
+    assert fixed["fp32"] > 0 and fixed["abs_diff"] == fixed["bf16"] - fixed["fp32"] and fixed["abs_diff"] != 0
+    assert (tmp_path / "out" / "loss_first_steps.png").is_file()
+    assert json.loads((tmp_path / "out" / "precision.json").read_text())["runs"][1]["precision"] == "bf16"

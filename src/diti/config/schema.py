@@ -166,7 +166,9 @@ class TrainConfig:
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # auto: bf16 autocast where the device computes in bf16 natively, else float32 (training/precision.py);
+    # resolved when a run starts, so that RUN/config.yaml names the precision that ran
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "no"
     grad_accum_steps: int = 1
     compile: bool = False  # torch.compile the training module (checkpoints stay uncompiled weights)
     channels_last: bool = False  # NHWC memory format for the models and images (a GPU speed option)

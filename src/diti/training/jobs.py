@@ -15,6 +15,7 @@ from ..models.ddpm import DDPMObjective
 from ..models.diti import DiTiModel
 from ..models.dm import build_unet, dm_resolution, load_dm, save_dm
 from .checkpoint import latest_checkpoint, load_tensors
+from .precision import resolve_mixed_precision
 from .run import read_meta, read_run_config, write_run_files
 from .timesteps import build_sampler
 from .trainer import Trainer
@@ -81,6 +82,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False) -> Path
     cfg = copy.deepcopy(cfg)
     cfg.data.path = _resolve_path(cfg.data.path, "data.path")
     cfg.validate()
+    cfg.train.mixed_precision = resolve_mixed_precision(cfg.train.mixed_precision, cfg.train.device)
     dataset = cfg.data.open()
     cfg.data.resolution = dataset.resolution
     cfg = prepare_run_folder(out, "pretrain", cfg, resume)
@@ -107,6 +109,7 @@ def train_diti(cfg: DiTiConfig, out: str | Path, resume: bool = False) -> Path:
     cfg.dm = _resolve_path(cfg.dm, "dm (the frozen diffusion model folder)")
     cfg.data.path = _resolve_path(cfg.data.path, "data.path")
     cfg.validate()
+    cfg.train.mixed_precision = resolve_mixed_precision(cfg.train.mixed_precision, cfg.train.device)
     schedule = cfg.diffusion.build()
     dm = load_dm(cfg.dm, schedule)
     cfg.data.resolution = cfg.data.resolution or dm_resolution(dm)
