@@ -380,3 +380,62 @@ def test_disentangle_features_defaults_to_the_reference_protocol_on_training_cod
     assert result["dci"]["informativeness_test"] < 0.4
     chunk = result["chunk_level"]
     assert chunk["source"].startswith("equal slices") and len(chunk["chunk_labels"]) == 5
+
+
+def line_code(factors: np.ndarray, dims_per_chunk: int, seed: int, mixed: bool = False) -> np.ndarray:
+    """Chunk j holds factor j along one random direction of its dims, plus small noise in every dim; ``mixed``:
+    every chunk holds the sum of all factors' lines (no chunk is one factor's)."""
+    rng = np.random.default_rng(seed)
+    chunks = []
+    for j in range(factors.shape[1]):
+        values = factors.sum(axis=1) * (1 + j) if mixed else factors[:, j]
+        direction = np.random.default_rng(200 + j).normal(size=dims_per_chunk)
+        direction /= np.linalg.norm(direction)
+        chunks.append(values[:, None] * direction + 0.05 * rng.normal(size=(len(factors), dims_per_chunk)))
+    return np.concatenate(chunks, axis=1)
+
+
+def test_chunk_pca_keeps_one_line_per_chunk(data):
+    from diti.evaluation.disentanglement import chunk_pca
+
+    ftr, fte = data["factors"]
+    ctr, cte = line_code(ftr, 4, 0), line_code(fte, 4, 1)
+    rtr, rte, explained = chunk_pca(ctr, cte, [(0, 4), (4, 8), (8, 12)])
+    assert rtr.shape == (N_TRAIN, 3) and rte.shape == (N_TEST, 3)
+    assert min(explained) > 0.95  # each chunk's variance lies along its factor's line
+    for j in range(3):  # the component is the factor, up to sign and scale
+        assert abs(np.corrcoef(rte[:, j], fte[:, j])[0, 1]) > 0.99
+    # a one-dim group is only centred; groups must tile the code
+    one, _, ratio = chunk_pca(ctr[:, :1], cte[:, :1], [(0, 1)])
+    assert np.allclose(one[:, 0], ctr[:, 0] - ctr[:, 0].mean()) and ratio == [1.0]
+    with pytest.raises(ValueError, match="tile"):
+        chunk_pca(ctr, cte, [(0, 4), (8, 12)])
+
+
+def test_the_peers_protocol_reduces_each_chunk_before_the_metrics(data):
+    from diti.data import Attributes
+    from diti.evaluation.runs import disentangle_features
+    from diti.partition import Partition
+
+    ftr, fte = data["factors"]
+    names = ["a", "b", "c"]
+    partition = Partition(12, 3, 999)
+    results = {}
+    for kind, mixed in (("one factor per chunk", False), ("every factor in every chunk", True)):
+        train = (line_code(ftr, 4, 0, mixed), Attributes(names, ftr))
+        test = (line_code(fte, 4, 1, mixed), Attributes(names, fte))
+        results[kind] = disentangle_features(train, test, partition, protocol="peers", progress=False, n_jobs=1,
+                                             steps=300)
+    good, bad = results["one factor per chunk"], results["every factor in every chunk"]
+    proto = good["protocol"]
+    assert proto["name"] == "peers" and proto["chunk_reduce"] == "pca"
+    assert (proto["dci_train_rows"], proto["factor_vae_train_votes"], proto["mig_rows"]) == (N_TRAIN, 10_000, N_TRAIN)
+    assert len(proto["chunk_reduction"]["explained_variance_ratio"]) == 3
+    assert len(good["importance"]) == 3  # one code dim per chunk
+    assert good["dci"]["disentanglement"] > 0.9 and good["dci"]["informativeness_test"] > 0.95
+    assert good["mig"]["mig"] > 0.5 and good["factor_vae"]["eval_accuracy"] > 0.95
+    # per dim and per chunk coincide after the reduction
+    assert good["chunk_level"]["disentanglement"] == pytest.approx(good["dci"]["disentanglement"])
+    assert bad["dci"]["disentanglement"] < good["dci"]["disentanglement"] - 0.5
+    assert bad["factor_vae"]["eval_accuracy"] < 0.7
+    assert PROTOCOLS["peers"].dci_max_train == PROTOCOLS["reference"].dci_max_train

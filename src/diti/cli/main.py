@@ -244,7 +244,9 @@ def disentangle(
     out: Path = typer.Option(None, help="Output folder (default RUN/eval; required with --features)."),
     train_split: str = typer.Option("train", help="Split the GBT classifiers, MIG and FactorVAE use."),
     test_split: str = typer.Option("test", help="Split the GBT classifiers and probes are scored on."),
-    protocol: str = typer.Option("reference", help="reference (disentanglement_lib's sample counts) or fast."),
+    protocol: str = typer.Option("reference", help="reference (disentanglement_lib's sample counts), fast, or "
+                                 "peers (each chunk reduced to one dim by PCA first, as DisDiff, EncDiff and FDAE "
+                                 "report)."),
     max_train: int = typer.Option(None, help="Override the protocol's GBT training rows (0 = all); the JSON "
                                   "then names the protocol 'custom'."),
     groups: int = typer.Option(5, help="Dim groups for the alignment when the partition has a single stage."),

@@ -12,8 +12,9 @@ given data set instead; every such deviation is written in the function's docstr
 group-level DCI (``group_importance``, ``grouped_dci``) are ours: they say which group of code dims (a DiTi chunk
 or partition stage) holds each factor, which is the level at which DiTi makes its claim.
 
-``PROTOCOLS`` names the two settings ``diti disentangle`` runs: ``reference`` (disentanglement_lib's sample
-counts, the default) and ``fast`` (fewer GBT rows and FactorVAE votes, for the demo and tests).
+``PROTOCOLS`` names the settings ``diti disentangle`` runs: ``reference`` (disentanglement_lib's sample
+counts, the default), ``fast`` (fewer GBT rows and FactorVAE votes, for the demo and tests) and ``peers``
+(each chunk reduced to one dim by PCA first, then the reference counts: how DisDiff, EncDiff and FDAE report).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class Protocol:
     factor_vae_eval_votes: int = 5_000
     factor_vae_variance_rows: int = 10_000
     factor_vae_batch: int = 64
+    # "pca": before every metric, each chunk of the code is reduced to its first principal component
+    # (``chunk_pca``), as the diffusion-based peers (DisDiff, EncDiff, FDAE) evaluate; None: the code as it is
+    chunk_reduce: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,7 +58,36 @@ PROTOCOLS: dict[str, Protocol] = {
     "reference": Protocol("reference"),
     # The demo's and the tests' setting: a fifth of the GBT rows and a twelfth of the votes.
     "fast": Protocol("fast", dci_max_train=2_000, factor_vae_train_votes=800, factor_vae_eval_votes=400),
+    # The peers' protocol (DisDiff's evaluation script, docs/evaluation.md): one dim per chunk by PCA, then
+    # disentanglement_lib's counts (DCI 10,000 / 5,000, MIG 10,000 rows in 20 histogram bins, FactorVAE
+    # 10,000 variance rows, 10,000 / 5,000 votes of 64, prune threshold 0.05).
+    "peers": Protocol("peers", chunk_reduce="pca"),
 }
+
+
+def chunk_pca(train: np.ndarray, test: np.ndarray, groups: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray,
+                                                                                          list[float]]:
+    """Each [start, end) group of code dims reduced to its first principal component: (train (N, G), test (M, G),
+    the share of the group's variance that component explains, per group).
+
+    The PCA of each group is fitted on the training codes (centred, as sklearn's PCA) and applied to both; a
+    one-dim group is only centred. DisDiff's evaluation fits it on the codes of the whole data set it then
+    scores; fitting on the training codes keeps the test codes out of the fit. The sign of a component is
+    arbitrary, which none of the metrics sees.
+    """
+    from sklearn.decomposition import PCA
+
+    train, test = _check_codes(train, "train codes"), _check_codes(test, "test codes")
+    bounds = _check_groups(groups, train.shape[1])
+    if test.shape[1] != train.shape[1]:
+        raise ValueError(f"test codes have {test.shape[1]} dims, train codes {train.shape[1]}")
+    out_tr, out_te, explained = [], [], []
+    for start, end in bounds:
+        pca = PCA(n_components=1, svd_solver="full").fit(train[:, start:end])
+        out_tr.append(pca.transform(train[:, start:end])[:, 0])
+        out_te.append(pca.transform(test[:, start:end])[:, 0])
+        explained.append(float(pca.explained_variance_ratio_[0]) if end - start > 1 else 1.0)
+    return np.stack(out_tr, axis=1), np.stack(out_te, axis=1), explained
 
 
 def get_protocol(name: str) -> Protocol:

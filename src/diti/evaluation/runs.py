@@ -200,10 +200,12 @@ def disentangle_features(
     groups for a one-stage partition), with DCI D and C computed over those groups. Alignment: each factor's
     share of importance per stage group and per chunk, and the probe accuracy from each stage group's dims.
     """
+    from ..partition import Partition
     from .counterfactual import dim_groups
     from .disentanglement import (
         Protocol,
         alignment,
+        chunk_pca,
         dci,
         factor_vae_score,
         get_protocol,
@@ -218,6 +220,16 @@ def disentangle_features(
         raise ValueError("disentanglement metrics need the known factors of the train and test images")
     if z_tr.shape[1] != partition.latent_dim:
         raise ValueError(f"the codes have {z_tr.shape[1]} dims but the partition has d = {partition.latent_dim}")
+    reduced = None
+    if proto.chunk_reduce == "pca":
+        # one dim per chunk (PDAE: per chunk of the reference partition); the metrics below then see a code of k
+        # dims in k one-dim chunks, so per-dim and chunk-level values coincide
+        groups = chunk_groups(partition, reference_partition)
+        z_tr, z_te, explained = chunk_pca(z_tr, z_te, [g.dim_range for g in groups])
+        reduced = {"method": "pca", "chunks": [g.label for g in groups], "explained_variance_ratio": explained}
+        partition, reference_partition = Partition(len(groups), len(groups), partition.timesteps), None
+    elif proto.chunk_reduce is not None:
+        raise ValueError(f"unknown chunk reduction {proto.chunk_reduce!r}; known: pca")
     categorical = [i for i in range(len(a_tr.names)) if a_tr.is_categorical(i)]
     if not categorical:
         raise ValueError("disentanglement metrics need categorical factors; this attribute table has none")
@@ -230,7 +242,7 @@ def disentangle_features(
                           num_variance_rows=proto.factor_vae_variance_rows)
     common = {"factors": names, "mig": mig_result.to_dict(), "factor_vae": fv.to_dict()}
     used = {**proto.to_dict(), "mig_rows": int(len(rows)), "mig_split": "train", "factor_vae_split": "train",
-            "seed": seed}
+            "seed": seed, **({"chunk_reduction": reduced} if reduced else {})}
     if not with_dci:
         return {"protocol": {**used, "dci": "not computed"}, **common, "num_train": None, "dci": None,
                 "importance": None, "chunk_level": None, "alignment": None}
