@@ -464,6 +464,10 @@ def main(argv=None) -> dict:
     p.add_argument("--jobs", type=int, default=1, help="(variant, seed) jobs in parallel, one thread each")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="training precision of the learned variants (bf16: autocast; evaluation stays float32)")
+    p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                   help="an extra config override for every learned variant (repeatable); give --tag with it")
+    p.add_argument("--tag", default=None, help="names the folders of this sweep: runs/bench-curves-TAG and "
+                   "benchmarks/results/curves-TAG (default: the precision, none for fp32)")
     p.add_argument("--out", default=None, help="run folders (data, checkpoints; default runs/bench-curves, "
                    "runs/bench-curves-bf16 with --precision bf16)")
     p.add_argument("--results", default=None, help="point JSON, figures, tables (default "
@@ -476,8 +480,11 @@ def main(argv=None) -> dict:
         s["points"] = sorted(int(x) for x in args.points.split(","))
     if args.dci_points is not None:
         s["dci_points"] = args.dci_points
-    suffix = "" if args.precision == "fp32" else f"-{args.precision}"
-    extra = () if args.precision == "fp32" else (f"train.mixed_precision={args.precision}",)
+    if args.extra and not args.tag:
+        p.error("--set changes the experiment: give --tag to keep its points apart")
+    tag = args.tag or ("" if args.precision == "fp32" else args.precision)
+    suffix = f"-{tag}" if tag else ""
+    extra = (() if args.precision == "fp32" else (f"train.mixed_precision={args.precision}",)) + tuple(args.extra)
     out = Path(args.out or f"runs/bench-curves{suffix}")
     results = Path(args.results) if args.results else (out / "results" if args.quick
                                                          else ROOT / "results" / f"curves{suffix}")

@@ -357,21 +357,26 @@ def cpu_peak_memory(args, size) -> dict:
 
 
 # --modes: one training step of each model in several execution modes, every mode from the same weights.
-# name -> (bf16 autocast, torch.compile, channels_last, fused Adam, frozen DM stored in bf16, SDPA math kernel)
-MODES = {
-    "fp32": (False, False, False, False, False, False),
-    "bf16": (True, False, False, False, False, False),
-    "channels_last": (False, False, True, False, False, False),
-    "bf16+channels_last": (True, False, True, False, False, False),
-    "fused_adam": (False, False, False, True, False, False),
-    "bf16+fused_adam": (True, False, False, True, False, False),
-    "bf16+dm_bf16": (True, False, False, False, True, False),
-    "bf16+sdpa_math": (True, False, False, False, False, True),
-    "compile": (False, True, False, False, False, False),
-    "compile+bf16": (True, True, False, False, False, False),
-}
+# name -> the flags of the mode: bf16 autocast, torch.compile, channels_last, fused Adam, frozen DM stored in bf16
+# (dm_bf16), frozen DM run in float32 under autocast (dm_fp32: decoder.frozen_fp32), SDPA math kernel
+MODE_FLAGS = ("bf16", "compile", "channels_last", "fused", "dm_bf16", "dm_fp32", "sdpa_math")
+MODES = {name: {f: f in flags for f in MODE_FLAGS} for name, flags in {
+    "fp32": (),
+    "bf16": ("bf16",),
+    "channels_last": ("channels_last",),
+    "bf16+channels_last": ("bf16", "channels_last"),
+    "fused_adam": ("fused",),
+    "bf16+fused_adam": ("bf16", "fused"),
+    "bf16+dm_bf16": ("bf16", "dm_bf16"),
+    "bf16+dm_fp32": ("bf16", "dm_fp32"),
+    "bf16+sdpa_math": ("bf16", "sdpa_math"),
+    "compile": ("compile",),
+    "compile+bf16": ("bf16", "compile"),
+    "compile+bf16+dm_fp32": ("bf16", "compile", "dm_fp32"),
+}.items()}
 MODE_NOTES = {
     "bf16+dm_bf16": "the frozen DM's weights cast to bf16 once (DiTi only): no per-step cast of the frozen half",
+    "bf16+dm_fp32": "E and G under bf16 autocast, the frozen DM's forward in float32 (decoder.frozen_fp32; DiTi only)",
     "bf16+sdpa_math": "bf16 with torch's math attention kernel instead of the fused (flash) CPU kernel",
     "fused_adam": "torch's fused Adam (one kernel for all parameters) instead of the default foreach Adam",
     "inference_mode": "not a mode: tensors made under torch.inference_mode cannot be saved for the decoder's "
@@ -386,11 +391,14 @@ def mode_step(module, params_of, batch: int, resolution: int, device, mode: str)
     runs on a fixed batch (same images, t and noise in every mode) and its loss is returned with the step."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    bf16, compile_, channels_last, fused, dm_bf16, sdpa_math = MODES[mode]
+    flags = MODES[mode]
+    bf16, compile_, channels_last, fused = flags["bf16"], flags["compile"], flags["channels_last"], flags["fused"]
     if channels_last:
         module.to(memory_format=torch.channels_last)
-    if dm_bf16:
+    if flags["dm_bf16"]:
         module.decoder.dm.to(torch.bfloat16)
+    if flags["dm_fp32"]:
+        module.decoder.frozen_fp32 = True
     params = params_of(module)
     run = torch.compile(module) if compile_ else module
     opt = torch.optim.Adam(params, lr=1e-4, fused=True if fused else None)
@@ -405,7 +413,7 @@ def mode_step(module, params_of, batch: int, resolution: int, device, mode: str)
         stack = contextlib.ExitStack()
         if bf16:
             stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
-        if sdpa_math:
+        if flags["sdpa_math"]:
             stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
         return stack
 
@@ -437,7 +445,7 @@ def measure_modes(size: str, modes: list[str], batch: int, repeats: int, warmup:
     for mode in modes:
         out[mode] = {}
         for name in models:
-            if MODES[mode][4] and name == "ddpm":
+            if (MODES[mode]["dm_bf16"] or MODES[mode]["dm_fp32"]) and name == "ddpm":
                 out[mode][name] = {"skipped": "the DDPM step has no frozen DM"}
                 continue
             step = mode_step(copy.deepcopy(bases[name]), _params_of(name), batch, resolution, device, mode)
@@ -469,10 +477,10 @@ def measure_modes(size: str, modes: list[str], batch: int, repeats: int, warmup:
                 continue
             row["speedup_over_fp32"] = ref["median_s"] / row["median_s"]
             row["loss_diff_vs_fp32"] = row["loss_fixed_batch"] - ref["loss_fixed_batch"]
-            if MODES[mode][1]:  # compiled: the first step's extra time, and when it is paid back
+            if MODES[mode]["compile"]:  # compiled: the first step's extra time, and when it is paid back
                 row["compile_s"] = row["first_step_s"] - row["median_s"]
                 # against the same mode uncompiled (compile+bf16 against bf16)
-                eager = "bf16" if MODES[mode][0] else "fp32"
+                eager = mode.replace("compile+", "") if mode != "compile" else "fp32"
                 gain = out.get(eager, {}).get(name, {}).get("median_s", float("nan")) - row["median_s"]
                 row["pays_off_after_steps"] = row["compile_s"] / gain if gain > 0 else None
     return {"size": size, "resolution": resolution, "batch": batch, "repeats": repeats, "warmup": warmup,
@@ -573,7 +581,7 @@ def run_modes(p: argparse.ArgumentParser, args) -> list[dict]:
     if unknown:
         p.error(f"unknown modes {unknown}; choose from {list(MODES)}")
     if args.quick:
-        modes = [m for m in modes if not MODES[m][1]]  # tracing takes minutes on a CPU
+        modes = [m for m in modes if not MODES[m]["compile"]]  # tracing takes minutes on a CPU
     if "fp32" not in modes:
         modes.insert(0, "fp32")  # the reference of every speed-up
     sizes = [x for x in args.sizes.split(",") if x]
@@ -589,7 +597,7 @@ def run_modes(p: argparse.ArgumentParser, args) -> list[dict]:
         if args.memory and args.device == "cpu":
             for mode, models in row["modes"].items():
                 for name, r in models.items():
-                    if "median_s" in r and not MODES[mode][1]:
+                    if "median_s" in r and not MODES[mode]["compile"]:
                         r["peak_rss_MiB"] = mode_peak_rss(size, mode, name, batch)
         row["wall_s"] = time.perf_counter() - start
         rows.append(row)

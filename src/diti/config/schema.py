@@ -95,6 +95,9 @@ class DecoderConfig:
 
     z_embed_dim: int | None = None
     init: Literal["dm_copy", "official"] = "dm_copy"
+    # Under train.mixed_precision=bf16, run the frozen DM's forward (eps_theta and the features the trainable
+    # copy reads) in float32 all the same; only E and G then run in bf16 (training/precision.py says why).
+    frozen_fp32: bool = False
 
 
 @dataclass

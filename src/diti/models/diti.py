@@ -32,6 +32,7 @@ class DiTiModel(nn.Module):
         z_embed_dim: int | None = None,
         weighting: str = "official",
         decoder_init: str = "dm_copy",
+        frozen_fp32: bool = False,
     ):
         super().__init__()
         if mode not in ("base", "stop_grad", "dual"):
@@ -41,7 +42,7 @@ class DiTiModel(nn.Module):
         if encoder.latent_dim != partition.latent_dim:
             raise ValueError(f"encoder gives d={encoder.latent_dim} but the partition has d={partition.latent_dim}")
         self.encoder = encoder
-        self.decoder = ShiftDecoder(dm, partition.latent_dim, z_embed_dim, decoder_init)
+        self.decoder = ShiftDecoder(dm, partition.latent_dim, z_embed_dim, decoder_init, frozen_fp32)
         self.schedule = schedule
         self.partition = partition
         self.mode = mode
@@ -69,7 +70,7 @@ class DiTiModel(nn.Module):
         )
         partition = cfg.partition.build(cfg.diffusion.timesteps)
         return cls(dm, encoder, partition, schedule, cfg.partition.mode, cfg.decoder.z_embed_dim, cfg.objective.weighting,
-                   cfg.decoder.init)
+                   cfg.decoder.init, cfg.decoder.frozen_fp32)
 
     # ------------------------------------------------------------------------------------------------
     @property

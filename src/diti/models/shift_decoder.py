@@ -113,7 +113,7 @@ class ShiftDecoder(nn.Module):
 
     def __init__(
         self, dm: UNet2DModel, latent_dim: int, z_embed_dim: int | None = None,
-        init: Literal["dm_copy", "official"] = "dm_copy",
+        init: Literal["dm_copy", "official"] = "dm_copy", frozen_fp32: bool = False,
     ):
         super().__init__()
         if init not in DECODER_INITS:
@@ -137,6 +137,7 @@ class ShiftDecoder(nn.Module):
             if root is not None:
                 _wrap_resnets(root, time_dim, z_dim)
         self.init = init
+        self.frozen_fp32 = frozen_fp32  # the frozen forward in float32 even under autocast
         for name, param in self.named_parameters():
             param.requires_grad_(not name.startswith("dm."))
         self.latent_dim = latent_dim
@@ -156,7 +157,14 @@ class ShiftDecoder(nn.Module):
     # ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def frozen_features(self, x_t: torch.Tensor, t: torch.Tensor) -> FrozenFeatures:
-        """The frozen DM's forward (as UNet2DModel.forward), keeping what the trainable path needs."""
+        """The frozen DM's forward (as UNet2DModel.forward), keeping what the trainable path needs; in float32
+        with autocast switched off when ``frozen_fp32``."""
+        if self.frozen_fp32 and torch.is_autocast_enabled(x_t.device.type):
+            with torch.autocast(x_t.device.type, enabled=False):
+                return self._frozen_features(x_t.float(), t)
+        return self._frozen_features(x_t, t)
+
+    def _frozen_features(self, x_t: torch.Tensor, t: torch.Tensor) -> FrozenFeatures:
         dm = self.dm
         x = 2 * x_t - 1.0 if dm.config.center_input_sample else x_t
         # 1. time embedding
