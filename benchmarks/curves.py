@@ -47,7 +47,7 @@ from diti.evaluation.features import encode_dataset
 from diti.evaluation.runs import disentangle_features, probe_features, run_features
 from diti.models.diti import DiTiModel
 from diti.models.dm import load_dm
-from diti.partition import Partition, partition_from_crossings
+from diti.partition import Partition, stages_from_crossings
 from diti.training.jobs import load_diti_run, pretrain, train_diti
 
 ROOT = Path(__file__).resolve().parent
@@ -100,10 +100,10 @@ METRICS = {
 
 
 def imbalanced_overrides(attribute_loss: Path, latent_dim: int, k: int) -> list[str]:
-    """partition.* overrides placing the stages at the crossings in an attribute_loss.json (the documented rule
-    of ``diti partition --from-attribute-loss``)."""
+    """partition.* overrides placing the stages at the crossings in an attribute_loss.json (the official
+    imbalanced structure, ``diti.partition.stages_from_crossings``)."""
     data = json.loads(Path(attribute_loss).read_text())
-    part, _ = partition_from_crossings(data.get("crossing_t_interp") or data["crossing_t"], latent_dim, k)
+    part, _ = stages_from_crossings(data.get("crossing_t_interp") or data["crossing_t"], latent_dim, k)
     return [f"partition.k={part.k}", f"partition.stages={list(part.stages)}",
             f"partition.dims_per_stage={list(part.dims_per_stage)}", "partition.mode=stop_grad"]
 

@@ -137,12 +137,13 @@ def test_timestep_sampling_distributions():
 # --- stages from attribute-loss crossings ---------------------------------------------------------------------
 
 
-def test_partition_from_crossings_hand_computed():
-    from diti.partition import partition_from_crossings
+def test_stages_from_crossings_hand_computed():
+    """The official imbalanced structure with stages at the crossings (the benchmark's diti-imb-sg variant)."""
+    from diti.partition import stages_from_crossings
 
     crossings = {"grain": 96.0, "texture": 176.4, "color": 297.0, "shape": 487.5, "scale": 486.0,
                  "x": 570.2, "y": 563.0, "background": 671.0, "never": None}
-    part, groups = partition_from_crossings(crossings, latent_dim=32, k=8)
+    part, groups = stages_from_crossings(crossings, latent_dim=32, k=8)
     # chunks of 125 t: grain in chunk 0, texture 1, color 2, shape and scale 3, x and y 4, background 5
     assert groups == [["grain"], ["texture"], ["color"], ["shape", "scale"], ["x", "y"], ["background", "never"]]
     assert part.stages == (125, 250, 375, 500, 625, 1000)
@@ -150,20 +151,81 @@ def test_partition_from_crossings_hand_computed():
     # to the largest remainders (0.56, ties to the earlier stages)
     assert part.dims_per_stage == (4, 4, 3, 7, 7, 7)
     # with 100-t chunks the first stage also takes the chunks before its factor's chunk
-    part, groups = partition_from_crossings({"a": 250.0, "b": 420.0}, latent_dim=6, k=10)
+    part, groups = stages_from_crossings({"a": 250.0, "b": 420.0}, latent_dim=6, k=10)
     assert part.stages == (400, 1000) and part.dims_per_stage == (3, 3) and groups == [["a"], ["b"]]
     assert part.stage_of_chunk[:5] == [0, 0, 0, 0, 1]
 
 
-def test_partition_from_crossings_errors():
-    from diti.partition import partition_from_crossings
+def test_stages_from_crossings_errors():
+    from diti.partition import stages_from_crossings
 
     with pytest.raises(ValueError, match="no factor reaches"):
-        partition_from_crossings({"a": None}, 8, 4)
+        stages_from_crossings({"a": None}, 8, 4)
     with pytest.raises(ValueError, match="outside"):
-        partition_from_crossings({"a": 1200.0}, 8, 4)
+        stages_from_crossings({"a": 1200.0}, 8, 4)
     with pytest.raises(ValueError, match="smaller than the 3 stages"):
-        partition_from_crossings({"a": 10.0, "b": 400.0, "c": 900.0}, 2, 4)
+        stages_from_crossings({"a": 10.0, "b": 400.0, "c": 900.0}, 2, 4)
+
+
+def test_the_attribute_loss_rule_puts_the_dims_at_the_crossings():
+    """The crossings of the issue's narrow-band data set (all within chunks 1-3 of k = 8): the old rule made stages
+    [250, 1000] with dims [8, 24], i.e. 4 dims in every chunk; the dims now follow the crossings."""
+    from diti.partition import partition_from_crossings, stages_from_crossings
+
+    crossings = {"a": 224.0, "b": 277.0, "c": 335.0, "d": 398.0}
+    part, groups = partition_from_crossings(crossings, latent_dim=32, k=8)
+    assert groups == [[], ["a"], ["b", "c"], ["d"], [], [], [], []]
+    # 1 dim per chunk, the other 24 in proportion to 0, 1, 2, 1, 0, 0, 0, 0 factors
+    assert part.stages == (125, 250, 375, 500, 625, 750, 875, 1000)
+    assert part.dims_per_stage == (1, 7, 13, 7, 1, 1, 1, 1)
+    assert [hi - lo for lo, hi in part.chunk_dim_ranges] == [1, 7, 13, 7, 1, 1, 1, 1]
+    # the four chunks after the last crossing hold 4 of 32 dims; the stage rule spread its last stage's dims
+    # evenly over them (and the balanced partition gives them 16)
+    old, _ = stages_from_crossings(crossings, latent_dim=32, k=8)
+    assert sum(hi - lo for lo, hi in part.chunk_dim_ranges[4:]) == 4
+    assert sum(hi - lo for lo, hi in old.chunk_dim_ranges[4:]) == 7
+    # a larger floor keeps more dims everywhere
+    floor2, _ = partition_from_crossings(crossings, latent_dim=32, k=8, floor=2)
+    assert floor2.dims_per_stage == (2, 6, 10, 6, 2, 2, 2, 2)
+    assert sum(floor2.dims_per_stage) == 32
+
+
+def test_chunk_weights_allocation():
+    from diti.partition import largest_remainder, partition_from_chunk_weights
+
+    assert largest_remainder(10, [1.0, 1.0, 1.0]) == [4, 3, 3]  # ties to the earlier entry
+    assert largest_remainder(10, [0.0, 0.0], 2) == [5, 5]  # all-zero weights: equal shares
+    assert largest_remainder(7, [3.0, 1.0], 1) == [5, 2]
+    with pytest.raises(ValueError, match="cannot give"):
+        largest_remainder(3, [1.0, 1.0], 2)
+    part = partition_from_chunk_weights([0.0, 3.0, 1.0, 0.0], latent_dim=12, k=4, timesteps=100)
+    assert part.stages == (25, 50, 75, 100) and part.dims_per_stage == (1, 7, 3, 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        partition_from_chunk_weights([1.0] * 4, 12, 4, 100, floor=0)
+    with pytest.raises(ValueError, match="cannot give"):
+        partition_from_chunk_weights([1.0] * 4, 6, 4, 100, floor=2)
+
+
+def test_the_removed_loss_rule_on_a_hand_made_curve():
+    """A hand-made removed-loss curve: nothing removed before t = 200 or after t = 600, most between 300 and 400."""
+    from diti.partition import partition_from_removed_loss
+
+    curve = [0.0] * 1000
+    for t in range(200, 600):
+        curve[t] = 1.0
+    for t in range(300, 400):
+        curve[t] = 4.0
+    curve[50] = -3.0  # a negative value (the model worse than the DM) counts as 0
+    part, weights = partition_from_removed_loss(curve, latent_dim=40, k=10, floor=1)
+    assert weights == [0.0, 0.0, 1.0, 4.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    # floor 1 for the 10 chunks, the other 30 dims in proportion 1 : 4 : 1 : 1 (4.29, 17.14, 4.29, 4.29: the
+    # dim left by rounding goes to the earliest of the largest remainders)
+    assert part.dims_per_stage == (1, 1, 6, 18, 5, 5, 1, 1, 1, 1)
+    assert sum(part.dims_per_stage) == 40 and min(part.dims_per_stage) >= 1
+    # stages ordered in t, one per chunk
+    assert list(part.stages) == sorted(part.stages) == [100 * (i + 1) for i in range(10)]
+    with pytest.raises(ValueError, match="removes no loss"):
+        partition_from_removed_loss([0.0] * 1000, 40, 10)
 
 
 def test_partition_command_from_attribute_loss(tmp_path):
@@ -179,9 +241,94 @@ def test_partition_command_from_attribute_loss(tmp_path):
                                       "--k", "4", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
-    assert out["stages"] == [250, 1000] and out["dims_per_stage"] == [4, 4] and out["stage_factors"] == [["a"], ["b"]]
+    # a in chunk 0, b in chunk 1 (250-t chunks): 1 dim per chunk and the other 4 to those two chunks
+    assert out["stages"] == [250, 500, 750, 1000] and out["dims_per_stage"] == [3, 3, 1, 1]
+    assert out["chunk_factors"] == [["a"], ["b"], [], []] and out["rule"] == "attribute_loss"
     result = CliRunner().invoke(app, ["partition", "--from-attribute-loss", str(path), "--latent-dim", "8",
                                       "--k", "4"])
-    assert "--set partition.stages=[250,1000]" in result.output and "stage 1 (t 250-999): b (480)" in result.output
+    assert "--set partition.rule=attribute_loss" in result.output
+    assert "chunk 1 (t 250-499): 3 dims; b (480)" in result.output and "chunk 3 (t 750-999): 1 dims; no factor lost" in result.output
     bad = CliRunner().invoke(app, ["partition", "--from-attribute-loss", str(path), "--k", "4"])
     assert bad.exit_code == 2 and "--latent-dim" in bad.output
+
+
+# --- partition.rule: set when a run starts -------------------------------------------------------------------
+
+
+def test_the_rule_round_trips_through_the_config(tmp_path):
+    import yaml
+
+    from diti.config import DiTiConfig, build_config
+    from diti.config.loader import to_dict
+
+    cfg = build_config(DiTiConfig, "shapes2-bench", overrides=["partition.rule=removed_loss",
+                                                               "partition.rule_source=/x/run", "partition.floor_dims=2"])
+    assert (cfg.partition.rule, cfg.partition.rule_source, cfg.partition.floor_dims) == ("removed_loss", "/x/run", 2)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    again = build_config(DiTiConfig, file=path)
+    assert to_dict(again)["partition"] == to_dict(cfg)["partition"]
+    with pytest.raises(ValueError, match="partition.rule"):
+        build_config(DiTiConfig, overrides=["partition.rule=by_magic"])
+
+
+def test_resolving_each_rule(tmp_path):
+    import json
+
+    from diti.config import DiTiConfig, build_config
+    from diti.config.loader import ConfigError
+    from diti.training.partition_rule import resolve_partition_rule
+
+    def resolved(*overrides):
+        cfg = build_config(DiTiConfig, "shapes2-bench", overrides=list(overrides))
+        return resolve_partition_rule(cfg.partition, 1000)
+
+    assert resolved().stages is None  # given: the preset's balanced partition
+    assert resolved("partition.rule=balanced", "partition.stages=[500,1000]", "partition.dims_per_stage=[16,16]").stages is None
+    official = resolved("partition.rule=official", "partition.k=20")
+    assert official.stages == [50, 100, 300, 500, 1000] and sum(official.dims_per_stage) == 32
+    assert official.dims_per_stage == [2, 2, 18, 6, 4]  # 1 each, the other 27 in proportion 10:25:327:100:50
+    al = tmp_path / "attribute_loss.json"
+    al.write_text(json.dumps({"crossing_t_interp": {"a": 224.0, "b": 277.0, "c": 335.0, "d": 398.0}}))
+    p = resolved("partition.rule=attribute_loss", f"partition.rule_source={json.dumps(str(al))}")
+    assert p.dims_per_stage == [1, 7, 13, 7, 1, 1, 1, 1] and p.rule == "attribute_loss"
+    curve = tmp_path / "removed.json"
+    curve.write_text(json.dumps({"removed_loss": [0.0] * 250 + [1.0] * 250 + [0.0] * 500}))
+    p = resolved("partition.rule=removed_loss", f"partition.rule_source={json.dumps(str(curve))}")
+    assert p.dims_per_stage == [1, 1, 13, 13, 1, 1, 1, 1]
+    with pytest.raises(ConfigError, match="needs partition.rule_source"):
+        resolved("partition.rule=attribute_loss")
+    with pytest.raises(ConfigError, match="official stages|no chunk starts"):
+        resolved("partition.rule=official")  # k = 8: no chunk starts in [50, 100)
+
+
+def test_removed_loss_from_a_pdae_run_trains_a_partition_and_the_report_names_the_rule(tmp_path, random_dm, shapes16):
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from conftest import quick_cfg
+    from diti.cli.main import app
+    from diti.evaluation.report import write_report
+    from diti.training.jobs import train_diti
+    from diti.training.partition_rule import removed_loss_curve
+
+    pdae = train_diti(quick_cfg(random_dm, shapes16, "train.steps=6", "partition.k=1", "partition.mode=base"),
+                      tmp_path / "pdae")
+    curve = removed_loss_curve(pdae, images=8, stride=100)
+    assert len(curve["removed_loss"]) == 1000 and curve["t_grid"][:2] == [0, 100]
+    assert curve["removed_loss"][150] == curve["removed_grid"][1]
+    out = tmp_path / "removed.json"
+    result = CliRunner().invoke(app, ["partition", "--from-removed-loss", str(pdae), "--latent-dim", "16", "--k", "4",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "--set partition.rule=removed_loss" in result.output and "removed loss" in result.output
+    saved = json.loads(out.read_text())
+    assert len(saved["removed_loss"]) == 1000 and sum(saved["partition"]["dims_per_stage"]) == 16
+    run = train_diti(quick_cfg(random_dm, shapes16, "train.steps=2", "partition.rule=removed_loss",
+                               f"partition.rule_source={json.dumps(str(out))}"), tmp_path / "diti")
+    written = yaml.safe_load((run / "config.yaml").read_text())["partition"]
+    assert written["rule"] == "removed_loss" and written["dims_per_stage"] == saved["partition"]["dims_per_stage"]
+    page = write_report([run], tmp_path / "r.html").read_text()
+    assert "partition rule" in page and "removed_loss (removed.json)" in page

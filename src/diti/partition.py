@@ -278,32 +278,90 @@ def official_celeba_partition() -> Partition:
     return Partition(512, 64, 1000, (50, 100, 300, 500, 1000), (10, 25, 327, 100, 50))
 
 
+def largest_remainder(total: int, weights: list[float], minimum: int = 0) -> list[int]:
+    """``total`` units shared in proportion to ``weights`` after ``minimum`` each (largest remainders; ties to
+    the earlier entry). All weights 0: shared equally. ValueError if the minimums exceed the total."""
+    n = len(weights)
+    if n == 0:
+        raise ValueError("nothing to share the dims among")
+    if any(w < 0 for w in weights):
+        raise ValueError(f"weights must be non-negative, got {weights}")
+    rest = total - minimum * n
+    if rest < 0:
+        raise ValueError(f"{total} dims cannot give {minimum} to each of {n} parts")
+    if sum(weights) <= 0:
+        weights = [1.0] * n
+    shares = [rest * w / sum(weights) for w in weights]
+    out = [minimum + int(x) for x in shares]
+    order = sorted(range(n), key=lambda j: (-(shares[j] - int(shares[j])), j))
+    for i in range(total - sum(out)):
+        out[order[i % n]] += 1
+    return out
+
+
+def partition_from_chunk_weights(
+    weights: list[float], latent_dim: int, k: int, timesteps: int = 1000, floor: int = 1,
+) -> Partition:
+    """Every chunk its own stage, with ``floor`` dims each and the rest of the d dims in proportion to the
+    chunk's weight (largest remainders): dims go where the weight is, and a chunk of weight 0 keeps ``floor``
+    dims (at least 1: a stage needs a dim). ``weights``: one non-negative number per chunk of the k-chunk grid.
+    """
+    if len(weights) != k:
+        raise ValueError(f"{len(weights)} chunk weights for k = {k} chunks")
+    if floor < 1:
+        raise ValueError(f"the floor must be at least 1 dim per chunk (a stage needs a dim), got {floor}")
+    if latent_dim < floor * k:
+        raise ValueError(f"latent_dim={latent_dim} cannot give {floor} dim(s) to each of k={k} chunks")
+    dims = largest_remainder(latent_dim, [float(w) for w in weights], floor)
+    ends = [*chunk_first_timesteps(k, timesteps)[1:], timesteps]
+    return Partition(latent_dim, k, timesteps, tuple(ends), tuple(dims))
+
+
 def partition_from_crossings(
-    crossings: dict[str, float | None], latent_dim: int, k: int, timesteps: int = 1000,
+    crossings: dict[str, float | None], latent_dim: int, k: int, timesteps: int = 1000, floor: int = 1,
 ) -> tuple[Partition, list[list[str]]]:
-    """An imbalanced partition whose stages follow the t at which a DM loses each factor.
+    """The attribute-loss rule: dims where the DM loses the factors, from their crossings (diti's own rule).
 
     ``crossings``: factor -> the t where its attribute loss reaches the threshold (``diti attribute-loss``'s
-    ``crossing_t_interp``, or ``crossing_t``); None for a factor never lost, which joins the last stage.
-    The rule, on the grid of the k chunks (each T / k time-steps wide):
+    ``crossing_t_interp``, or ``crossing_t``); None for a factor never lost, which is left out. On the grid of
+    the k chunks (each T / k time-steps wide), each factor weighs 1 in the chunk whose t-range holds its
+    crossing (the newest chunk the decoder sees while the attribute is lost); every chunk is its own stage
+    and gets ``floor`` dims plus a share of the remaining d - k * floor dims in proportion to its factors
+    (``partition_from_chunk_weights``). So a chunk where no factor is lost keeps only the floor, and the
+    dims follow the crossings however narrow their band is.
 
-    1. each factor belongs to the chunk whose t-range holds its crossing (its attribute is lost while that
-       chunk is the newest one the decoder sees); factors of the same chunk share a stage;
+    Returns the partition and the factor names of each chunk. ValueError if no factor crosses, a crossing is
+    outside [0, T), or latent_dim < k * floor.
+    """
+    lost = _lost(crossings, timesteps)
+    if not 1 <= k <= timesteps:
+        raise ValueError(f"k must be in [1, T={timesteps}], got k={k}")
+    chunk_of = chunk_of_timesteps(k, timesteps)
+    groups: list[list[str]] = [[] for _ in range(k)]
+    for name, t in lost.items():
+        groups[chunk_of[int(t)]].append(name)
+    return partition_from_chunk_weights([len(g) for g in groups], latent_dim, k, timesteps, floor), groups
+
+
+def stages_from_crossings(
+    crossings: dict[str, float | None], latent_dim: int, k: int, timesteps: int = 1000,
+) -> tuple[Partition, list[list[str]]]:
+    """The official imbalanced structure with its stage boundaries at the DM's crossings (the benchmark's
+    ``diti-imb-sg`` variant; the rule ``diti partition --from-attribute-loss`` used before 2026-12-03).
+
+    1. each factor belongs to the chunk whose t-range holds its crossing; factors of the same chunk share a
+       stage;
     2. each such chunk opens a stage that runs to the next one; the first stage also takes the chunks
        before it (from t = 0), the last runs to T;
     3. dims are shared out in proportion to the number of factors per stage (largest remainders, ties to
        the earlier stage), at least one per stage. Inside a stage the official rule applies (floor(D / n)
        dims per chunk, the remainder to the stage's last chunk).
 
-    Returns the partition and the factor names of each stage. ValueError if no factor crosses, a crossing is
-    outside [0, T), or latent_dim is smaller than the number of stages.
+    A stage that spans chunks where nothing is lost spends dims there (its dims are spread evenly over its
+    chunks): ``partition_from_crossings`` places the dims in the crossing chunks instead. Never-lost factors
+    join the last stage. Returns the partition and the factor names of each stage.
     """
-    lost = {name: float(t) for name, t in crossings.items() if t is not None}
-    if not lost:
-        raise ValueError("no factor reaches the attribute-loss threshold: there is no crossing to place stages at")
-    outside = {n: t for n, t in lost.items() if not 0 <= t < timesteps}
-    if outside:
-        raise ValueError(f"crossings outside [0, T={timesteps}): {outside}")
+    lost = _lost(crossings, timesteps)
     if not 1 <= k <= timesteps:
         raise ValueError(f"k must be in [1, T={timesteps}], got {k}")
     chunk_of = chunk_of_timesteps(k, timesteps)
@@ -330,3 +388,35 @@ def partition_from_crossings(
         if dims[j] > 1:
             dims[j] -= 1
     return Partition(latent_dim, k, timesteps, tuple(ends), tuple(dims)), groups
+
+
+def partition_from_removed_loss(
+    removed: list[float], latent_dim: int, k: int, floor: int = 1,
+) -> tuple[Partition, list[float]]:
+    """The label-free rule (diti's own): dims where the decoder removes loss, read from a PDAE run.
+
+    ``removed``: r(t) for t = 0..T-1, the frozen DM's weighted loss minus the PDAE model's (the loss the code
+    removes at t; ``training.partition_rule.removed_loss_curve`` measures it). Each chunk of the k-chunk grid
+    weighs the mean of max(r, 0) over its t-range, and ``partition_from_chunk_weights`` shares the dims: the
+    floor for every chunk, the rest in proportion to the weights. Returns the partition and the chunk weights.
+    """
+    r = [max(float(x), 0.0) if x is not None and x == x else 0.0 for x in removed]
+    timesteps = len(r)
+    if timesteps < k:
+        raise ValueError(f"a removed-loss curve of {timesteps} time-steps cannot fill k = {k} chunks")
+    if sum(r) <= 0:
+        raise ValueError("the removed-loss curve is zero or negative everywhere: the PDAE run removes no loss yet "
+                         "(train it longer)")
+    ranges = Partition(max(latent_dim, k), k, timesteps).chunk_t_ranges
+    weights = [sum(r[lo : hi + 1]) / (hi - lo + 1) for lo, hi in ranges]
+    return partition_from_chunk_weights(weights, latent_dim, k, timesteps, floor), weights
+
+
+def _lost(crossings: dict[str, float | None], timesteps: int) -> dict[str, float]:
+    lost = {name: float(t) for name, t in crossings.items() if t is not None}
+    if not lost:
+        raise ValueError("no factor reaches the attribute-loss threshold: there is no crossing to place dims at")
+    outside = {n: t for n, t in lost.items() if not 0 <= t < timesteps}
+    if outside:
+        raise ValueError(f"crossings outside [0, T={timesteps}): {outside}")
+    return lost

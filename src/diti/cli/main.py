@@ -647,20 +647,29 @@ def partition(
     config: Path = typer.Option(None, help="Read the partition from a YAML config."),
     run: Path = typer.Option(None, help="Read the partition from a run folder's config."),
     preset: str = typer.Option(None, help="Read the partition from a preset."),
-    from_attribute_loss: Path = typer.Option(None, help="Place the stages at the factors' crossings in this "
-                                             "attribute_loss.json (`diti attribute-loss`); needs --latent-dim, --k."),
+    from_attribute_loss: Path = typer.Option(None, help="Put the dims at the chunks where the DM loses each "
+                                             "factor, from this attribute_loss.json (`diti attribute-loss`); "
+                                             "needs --latent-dim, --k."),
+    from_removed_loss: Path = typer.Option(None, help="Put the dims where this PDAE run's code removes loss (no "
+                                           "labels needed; measured on the run's data, or --data); needs "
+                                           "--latent-dim, --k. A JSON written by --out is read as it is."),
+    data: Path = typer.Option(None, help="With --from-removed-loss RUN: the images to measure on [the run's data]."),
+    floor: int = typer.Option(1, help="With --from-attribute-loss / --from-removed-loss: dims every chunk keeps."),
+    out: Path = typer.Option(None, help="With --from-removed-loss: write the measured curve and partition here (JSON)."),
     as_json: bool = typer.Option(False, "--json", help='Print {"chunk_end_dims": [...], "chunk_of_t": [...]}.'),
 ):
     """Print the time-step partition of z as a table (chunk, t-range, dims).
 
-    With --from-attribute-loss: each factor goes to the chunk whose t-range holds the t where its attribute
-    loss crosses the threshold; each such chunk opens a stage (the first from t = 0, the last to T), and the
-    stages share the d dims in proportion to their factors. Prints the --set overrides that train with it.
+    With --from-attribute-loss (the DM's crossings, needs labels) or --from-removed-loss (a PDAE run, no labels):
+    every chunk becomes its own stage and keeps --floor dims, and the other dims go to the chunks in proportion
+    to the factors lost in their t-range, or to the loss the PDAE code removes there (docs/method.md). Prints
+    the --set overrides that train with it.
     """
     try:
-        if from_attribute_loss is not None:
-            _partition_from_attribute_loss(from_attribute_loss, latent_dim, k, timesteps, as_json,
-                                           stages is not None or any(v is not None for v in (config, run, preset)))
+        conflicting = stages is not None or any(v is not None for v in (config, run, preset))
+        if from_attribute_loss is not None or from_removed_loss is not None:
+            _partition_from_rule(from_attribute_loss, from_removed_loss, data, out, latent_dim, k, timesteps, floor,
+                                 as_json, conflicting)
             return
         if run is not None:
             config = Path(run) / "config.yaml"
@@ -685,36 +694,52 @@ def partition(
     typer.echo(json.dumps(part.to_json()) if as_json else part.format_table())
 
 
-def _partition_from_attribute_loss(path: Path, latent_dim, k, timesteps, as_json: bool, conflicting: bool) -> None:
-    from ..partition import partition_from_crossings
+def _partition_from_rule(attribute_loss: Path | None, removed_loss: Path | None, data: Path | None, out: Path | None,
+                         latent_dim, k, timesteps, floor: int, as_json: bool, conflicting: bool) -> None:
+    from ..partition import partition_from_crossings, partition_from_removed_loss
+    from ..training.partition_rule import crossings_of, removed_loss_curve
 
+    flag = "--from-attribute-loss" if attribute_loss is not None else "--from-removed-loss"
+    if attribute_loss is not None and removed_loss is not None:
+        raise ValueError("give --from-attribute-loss or --from-removed-loss, not both")
     if conflicting:
-        raise ValueError("--from-attribute-loss replaces --stages/--config/--run/--preset; give it alone")
+        raise ValueError(f"{flag} replaces --stages/--config/--run/--preset; give it alone")
     if latent_dim is None or k is None:
-        raise ValueError("--from-attribute-loss needs --latent-dim and --k")
-    if not path.is_file():
-        raise FileNotFoundError(f"attribute-loss file not found: {path}")
-    data = json.loads(path.read_text())
-    crossings = data.get("crossing_t_interp") or data.get("crossing_t")
-    if not isinstance(crossings, dict):
-        raise ValueError(f"{path} has no crossing_t_interp / crossing_t table (is it a `diti attribute-loss` JSON?)")
-    part, groups = partition_from_crossings(crossings, latent_dim, k, timesteps or 1000)
-    overrides = [f"partition.latent_dim={part.latent_dim}", f"partition.k={part.k}",
-                 f"partition.stages=[{','.join(map(str, part.stages))}]",
-                 f"partition.dims_per_stage=[{','.join(map(str, part.dims_per_stage))}]"]
+        raise ValueError(f"{flag} needs --latent-dim and --k")
+    T = timesteps or 1000
+    if attribute_loss is not None:
+        crossings = crossings_of(attribute_loss)
+        part, groups = partition_from_crossings(crossings, latent_dim, k, T, floor)
+        rule, source = "attribute_loss", attribute_loss
+        labels = [", ".join(f"{n} ({crossings[n]:.0f})" for n in g) or "no factor lost" for g in groups]
+        extra = {"chunk_factors": groups, "crossings": crossings}
+    else:
+        if removed_loss.is_dir():
+            curve = removed_loss_curve(removed_loss, data)
+        elif data is not None:
+            raise ValueError("--data goes with a run folder; a JSON curve is read as it is")
+        else:
+            curve = json.loads(removed_loss.read_text()) if removed_loss.is_file() else None
+            if not isinstance(curve, dict) or not isinstance(curve.get("removed_loss"), list):
+                raise FileNotFoundError(f"{removed_loss} is neither a run folder nor a JSON with a removed_loss curve")
+        part, weights = partition_from_removed_loss(curve["removed_loss"], latent_dim, k, floor)
+        rule, source = "removed_loss", out if out is not None else removed_loss
+        labels = [f"removed loss {w:.3g}" for w in weights]
+        extra = {"chunk_weights": weights, "removed_loss": curve["removed_loss"]}
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({**curve, "partition": {"stages": list(part.stages),
+                                                              "dims_per_stage": list(part.dims_per_stage)}}))
+    overrides = [f"partition.latent_dim={part.latent_dim}", f"partition.k={part.k}", f"partition.rule={rule}",
+                 f"partition.rule_source={source}"] + ([f"partition.floor_dims={floor}"] if floor != 1 else [])
     if as_json:
         typer.echo(json.dumps({**part.to_json(), "stages": list(part.stages), "dims_per_stage":
-                               list(part.dims_per_stage), "stage_factors": groups, "crossings": crossings}))
+                               list(part.dims_per_stage), "rule": rule, **extra}))
         return
     typer.echo(part.format_table())
-    for j, names in enumerate(groups):
-        lo, hi = part.stage_t_ranges[j]
-        typer.echo(f"stage {j} (t {lo}-{hi}): " + ", ".join(f"{n} ({crossings[n]:.0f})" if crossings[n] is not None
-                                                             else f"{n} (never lost)" for n in names))
-        chunks = [i for i in range(part.k) if part.stage_of_chunk[i] == j]
-        if part.dims_per_stage[j] < len(chunks):
-            typer.echo(f"  note: {part.dims_per_stage[j]} dims over {len(chunks)} chunks: the official rule gives "
-                       "the chunks before the stage's last floor(D / n) = 0 dims (a smaller --k avoids this)")
+    for i, label in enumerate(labels):
+        lo, hi = part.chunk_t_ranges[i]
+        typer.echo(f"chunk {i} (t {lo}-{hi}): {part.dims_per_stage[i]} dims; {label}")
     typer.echo("train with: " + " ".join(f"--set {o}" for o in overrides))
 
 

@@ -38,6 +38,14 @@ class PartitionConfig:
     stages: list[int] | None = field(default_factory=lambda: [50, 100, 300, 500, 1000])
     dims_per_stage: list[int] | None = field(default_factory=lambda: [10, 25, 327, 100, 50])
     mode: Literal["base", "stop_grad", "dual"] = "stop_grad"
+    # How stages and dims_per_stage are set when a run starts (training/partition_rule.py; docs/method.md):
+    # given (as written above), balanced (none), official (the paper's stages and dims scaled to T and d),
+    # attribute_loss (dims at the DM's crossings in rule_source, an attribute_loss.json) or removed_loss (dims
+    # where a PDAE run removes loss: rule_source is that run's folder, or the JSON `diti partition
+    # --from-removed-loss RUN --out FILE` wrote). The resolved stages and dims are written to RUN/config.yaml.
+    rule: Literal["given", "balanced", "official", "attribute_loss", "removed_loss"] = "given"
+    rule_source: str | None = None
+    floor_dims: int = 1  # attribute_loss / removed_loss: dims every chunk keeps
 
     def build(self, timesteps: int) -> Partition:
         try:

@@ -934,6 +934,8 @@ def _overview(infos: Sequence[RunInfo]) -> str:
         ("latent dim d", lambda i: cfg(i, lambda c: c.partition.latent_dim)),
         ("chunks k", lambda i: cfg(i, lambda c: c.partition.k)),
         ("partition mode", lambda i: cfg(i, lambda c: c.partition.mode)),
+        ("partition rule", lambda i: cfg(i, lambda c: c.partition.rule + (
+            f" ({Path(c.partition.rule_source).name})" if c.partition.rule_source else ""))),
         ("decoder init", lambda i: cfg(i, lambda c: c.decoder.init)),
         ("encoder init", lambda i: cfg(i, lambda c: c.encoder.init)),
         ("steps (config)", lambda i: cfg(i, lambda c: c.train.steps)),

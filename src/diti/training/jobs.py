@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from ..models.ddpm import DDPMObjective
 from ..models.diti import DiTiModel
 from ..models.dm import build_unet, dm_resolution, load_dm, save_dm
 from .checkpoint import latest_checkpoint, load_tensors
+from .partition_rule import resolve_partition_rule
 from .precision import resolve_mixed_precision
 from .run import read_meta, read_run_config, write_run_files
 from .timesteps import build_sampler
@@ -110,6 +112,7 @@ def train_diti(cfg: DiTiConfig, out: str | Path, resume: bool = False) -> Path:
     cfg.data.path = _resolve_path(cfg.data.path, "data.path")
     cfg.validate()
     cfg.train.mixed_precision = resolve_mixed_precision(cfg.train.mixed_precision, cfg.train.device)
+    cfg.partition = resolve_partition_rule(cfg.partition, cfg.diffusion.timesteps)
     schedule = cfg.diffusion.build()
     dm = load_dm(cfg.dm, schedule)
     cfg.data.resolution = cfg.data.resolution or dm_resolution(dm)
@@ -130,6 +133,8 @@ def train_diti(cfg: DiTiConfig, out: str | Path, resume: bool = False) -> Path:
                       t_probs, t_sampler=t_sampler, draws=draws)
     if trainer.acc.is_main_process:
         write_run_files(out, "diti", cfg)
+        if cfg.train.progress:  # the partition it trains with, beside the progress bar (stderr)
+            print(f"partition (rule: {cfg.partition.rule}):\n{model.partition.format_table()}", file=sys.stderr)
     trainer.resume()
     trainer.run()
     return out

@@ -1,0 +1,130 @@
+"""``partition.rule``: the partition's stages and dims set by a rule when a run starts (docs/method.md).
+
+- ``given``: ``partition.stages`` / ``dims_per_stage`` as written (None: balanced);
+- ``balanced``: every chunk d / k dims;
+- ``official``: the paper's CelebA stages (50, 100, 300, 500, 1000) and dims (10, 25, 327, 100, 50) scaled to
+  T and d (largest remainders, at least one dim per stage);
+- ``attribute_loss``: dims at the chunks where the frozen DM loses each factor (``rule_source``: an
+  ``attribute_loss.json`` of ``diti attribute-loss``; ``diti.partition.partition_from_crossings``);
+- ``removed_loss``: dims at the chunks where a PDAE run's code removes the most loss, read without labels
+  (``rule_source``: that run's folder, measured here, or the JSON of ``diti partition --from-removed-loss``;
+  ``diti.partition.partition_from_removed_loss``).
+
+The resolved stages and dims replace the config's, so that ``RUN/config.yaml`` records the partition that
+trained; the rule and its source stay beside them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config.loader import ConfigError
+from ..config.schema import PartitionConfig
+from ..partition import (
+    Partition,
+    largest_remainder,
+    partition_from_crossings,
+    partition_from_removed_loss,
+)
+
+OFFICIAL_STAGES = (50, 100, 300, 500, 1000)
+OFFICIAL_DIMS = (10, 25, 327, 100, 50)
+
+
+def official_partition(latent_dim: int, k: int, timesteps: int) -> Partition:
+    """The paper's stages and dims scaled to T and d."""
+    stages = tuple(dict.fromkeys(max(1, round(s * timesteps / 1000)) for s in OFFICIAL_STAGES))
+    if len(stages) != len(OFFICIAL_STAGES):
+        raise ValueError(f"T = {timesteps} is too small for the official stages")
+    dims = largest_remainder(latent_dim, [float(d) for d in OFFICIAL_DIMS], 1)
+    return Partition(latent_dim, k, timesteps, stages, tuple(dims))
+
+
+def crossings_of(path: str | Path) -> dict[str, float | None]:
+    """The crossing table of a ``diti attribute-loss`` JSON (interpolated where present)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"attribute-loss file not found: {path}")
+    data = json.loads(path.read_text())
+    crossings = data.get("crossing_t_interp") or data.get("crossing_t")
+    if not isinstance(crossings, dict):
+        raise ValueError(f"{path} has no crossing_t_interp / crossing_t table (is it a `diti attribute-loss` JSON?)")
+    return crossings
+
+
+@torch.no_grad()
+def removed_loss_curve(
+    run: str | Path, data: str | Path | None = None, images: int = 64, stride: int = 5, seed: int = 0,
+    device: str = "cpu",
+) -> dict:
+    """The loss a trained run's code removes at each t: r(t) = the frozen DM's weighted loss - the model's.
+
+    ``images`` training images (the first ones of the run's data, or of ``data``) are noised at t = 0, stride,
+    2 stride, ... with fixed noise per t (seeded); r at the other t repeats the value of the grid t below.
+    Uses the run's EMA weights. Returns {"t_grid", "removed_grid", "removed_loss" (T values), "images",
+    "stride", "run"}.
+    """
+    from .jobs import load_diti_run
+
+    model, cfg = load_diti_run(run, device=device)
+    dataset = cfg.data.open(path=data) if data is not None else cfg.data.open()
+    n = min(images, len(dataset))
+    x0 = dataset.__getitems__(list(range(n))).to(device)
+    T = model.partition.timesteps
+    grid = list(range(0, T, stride))
+    gen = torch.Generator().manual_seed(seed)
+    removed = []
+    for t in grid:
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        out = model(x0, torch.full((n,), t, dtype=torch.long, device=device), noise)
+        removed.append(float((out.baseline - out.per_sample).mean()))
+    full = np.repeat(removed, stride)[:T]
+    return {"run": str(run), "images": n, "stride": stride, "t_grid": grid, "removed_grid": removed,
+            "removed_loss": [float(x) for x in full]}
+
+
+def removed_loss_of(source: str | Path) -> list[float]:
+    """r(t) from a PDAE run folder (measured) or a JSON holding ``removed_loss``."""
+    source = Path(source)
+    if source.is_dir():
+        return removed_loss_curve(source)["removed_loss"]
+    if not source.is_file():
+        raise FileNotFoundError(f"removed-loss source not found: {source} (a run folder or a JSON)")
+    data = json.loads(source.read_text())
+    if not isinstance(data.get("removed_loss"), list):
+        raise ValueError(f"{source} has no removed_loss list (write one with `diti partition --from-removed-loss "
+                         "RUN --out FILE`)")
+    return data["removed_loss"]
+
+
+def resolve_partition_rule(pcfg: PartitionConfig, timesteps: int) -> PartitionConfig:
+    """``pcfg`` with stages and dims set by its rule (a copy; ``given`` returns it unchanged)."""
+    rule = pcfg.rule
+    if rule != "given" and rule != "balanced" and rule != "official" and pcfg.rule_source is None:
+        raise ConfigError(f"partition.rule={rule} needs partition.rule_source")
+    try:
+        if rule == "given":
+            return pcfg
+        if rule == "balanced":
+            part = Partition(pcfg.latent_dim, pcfg.k, timesteps)
+        elif rule == "official":
+            part = official_partition(pcfg.latent_dim, pcfg.k, timesteps)
+        elif rule == "attribute_loss":
+            part, _ = partition_from_crossings(crossings_of(pcfg.rule_source), pcfg.latent_dim, pcfg.k, timesteps,
+                                               pcfg.floor_dims)
+        else:
+            curve = removed_loss_of(pcfg.rule_source)
+            if len(curve) != timesteps:
+                raise ValueError(f"the removed-loss curve has {len(curve)} time-steps, the diffusion T = {timesteps}")
+            part, _ = partition_from_removed_loss(curve, pcfg.latent_dim, pcfg.k, pcfg.floor_dims)
+    except ValueError as err:
+        raise ConfigError(f"partition.rule={rule}: {err}") from None
+    stages = None if part.stages is None else list(part.stages)
+    dims = None if part.dims_per_stage is None else list(part.dims_per_stage)
+    source = pcfg.rule_source if pcfg.rule_source is None else str(Path(pcfg.rule_source).expanduser().resolve())
+    return replace(pcfg, stages=stages, dims_per_stage=dims, rule_source=source)
