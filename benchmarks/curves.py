@@ -58,6 +58,16 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "diti-k8-sg": ("DiTi balanced k=8, stop_grad", ["partition.k={k}", "partition.mode=stop_grad"]),
     "diti-k8-base": ("DiTi balanced k=8, base", ["partition.k={k}", "partition.mode=base"]),
     "diti-imb-sg": ("DiTi k=8, stages at the DM's attribute-loss crossings, stop_grad", []),
+    # Objective options (documented departures from the paper; issue: give every chunk a signal)
+    "pdae-unitw": ("PDAE, uniform loss weight over t", ["partition.k=1", "partition.mode=base",
+                                                        "objective.weighting=uniform"]),
+    "diti-k8-sg-unitw": ("DiTi balanced k=8, stop_grad, uniform loss weight over t",
+                         ["partition.k={k}", "partition.mode=stop_grad", "objective.weighting=uniform"]),
+    "diti-imb-sg-stagebal": ("DiTi k=8, stages at the crossings, stop_grad, equal t mass per stage", []),
+    # Partition rules (diti's own, docs/method.md): dims at the crossing chunks (labels) or where a short PDAE
+    # run removes loss (no labels; the PDAE run of 500 steps is trained per seed, beside the sweep's runs)
+    "diti-al-sg": ("DiTi k=8, stop_grad, attribute-loss rule (dims at the DM's crossing chunks)", []),
+    "diti-rl-sg": ("DiTi k=8, stop_grad, removed-loss rule from a 500-step PDAE run (no labels)", []),
     # Faster-optimisation options (departures in how t is drawn; the expected loss stays the official one).
     # "-is": importance sampling of t by the loss' second moment; "-isr": by the loss the decoder removes;
     # "-m8": 8 stratified draws per image with 8 images per step (the same 64 (t, eps) draws, the same cost
@@ -76,14 +86,17 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                           "objective.draws_per_image=8", "train.batch_size=8"]),
 }
 BASELINES = {"pixel-pca": "first d principal components of the train pixels",
-             "random-encoder": "untrained encoder of the same architecture"}
+             "random-encoder": "untrained encoder of the same architecture",
+             "supervised": "the same encoder trained with the labels (one linear head per factor, cross-entropy): "
+                           "an upper bound of what the architecture can hold about each factor"}
 # k: the chunks of the DiTi variants ("{k}" above; 8, or 4 for the quick preset's d = 16), which also group
 # PDAE's dims for its chunk-level metrics (the balanced DiTi run beside it).
 SETTINGS = {
     "full": dict(preset="shapes2-bench", resolution=16, n_train=10000, n_test=2000, protocol="reference",
-                 points=[250, 500, 1000, 2000, 4000], dci_points=2, seeds="0,1,2", k=8, probe_steps=None),
+                 points=[250, 500, 1000, 2000, 4000], dci_points=2, seeds="0,1,2", k=8, probe_steps=None,
+                 supervised_steps=4000, rl_steps=500),
     "quick": dict(preset="shapes-quick", resolution=16, n_train=256, n_test=64, protocol="fast",
-                  points=[2, 4], dci_points=1, seeds="0", k=4, probe_steps=200),
+                  points=[2, 4], dci_points=1, seeds="0", k=4, probe_steps=200, supervised_steps=20, rl_steps=4),
 }
 # Metrics drawn as curves: key in a point's "metrics" -> axis label.
 METRICS = {
@@ -108,12 +121,41 @@ def imbalanced_overrides(attribute_loss: Path, latent_dim: int, k: int) -> list[
             f"partition.dims_per_stage={list(part.dims_per_stage)}", "partition.mode=stop_grad"]
 
 
-def variant_overrides(variant: str, s: dict, attribute_loss: Path | None, latent_dim: int) -> list[str]:
-    if variant == "diti-imb-sg":
+def variant_overrides(variant: str, s: dict, attribute_loss: Path | None, latent_dim: int,
+                      removed_loss: Path | None = None) -> list[str]:
+    if variant in ("diti-imb-sg", "diti-imb-sg-stagebal", "diti-al-sg"):
         if attribute_loss is None:
-            raise ValueError("diti-imb-sg needs the DM's attribute_loss.json (--attribute-loss)")
-        return imbalanced_overrides(attribute_loss, latent_dim, s["k"])
+            raise ValueError(f"{variant} needs the DM's attribute_loss.json (--attribute-loss)")
+        if variant == "diti-al-sg":
+            return [f"partition.k={s['k']}", "partition.mode=stop_grad", "partition.rule=attribute_loss",
+                    f"partition.rule_source={json.dumps(str(attribute_loss))}"]
+        extra = ["objective.timestep_sampling=stage_balanced"] if variant == "diti-imb-sg-stagebal" else []
+        return imbalanced_overrides(attribute_loss, latent_dim, s["k"]) + extra
+    if variant == "diti-rl-sg":
+        if removed_loss is None:
+            raise ValueError("diti-rl-sg needs a removed-loss curve (removed_loss_source)")
+        return [f"partition.k={s['k']}", "partition.mode=stop_grad", "partition.rule=removed_loss",
+                f"partition.rule_source={json.dumps(str(removed_loss))}"]
     return [o.format(k=s["k"]) for o in VARIANTS[variant][1]]
+
+
+def removed_loss_source(seed: int, s: dict, data: Path, dm: Path, out: Path, extra: tuple[str, ...]) -> Path:
+    """The removed-loss curve of a short PDAE run of this seed (``s["rl_steps"]`` steps, the sweep's training
+    options), trained once beside the sweep's runs and measured once: ``out/rl-source/seed<k>/removed_loss.json``."""
+    from diti.training.partition_rule import removed_loss_curve
+
+    folder = out / "rl-source" / f"seed{seed}"
+    path = folder / "removed_loss.json"
+    if path.is_file():
+        return path
+    cfg = build_config(DiTiConfig, s["preset"], overrides=[
+        f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", "partition.k=1", "partition.mode=base",
+        *extra, f"train.seed={seed}", "train.progress=false", f"train.steps={s['rl_steps']}"])
+    run = folder / "pdae"
+    train_diti(cfg, run, resume=(run / "config.yaml").is_file())
+    curve = removed_loss_curve(run)
+    _write_json(path, {**curve, "pdae_steps": s["rl_steps"]})
+    return path
 
 
 def evaluate(train, test, partition: Partition, s: dict, seed: int, with_dci: bool, reference) -> dict:
@@ -163,8 +205,12 @@ def run_curve(variant: str, seed: int, s: dict, data: str, dm: str, out: str, re
     base = build_config(DiTiConfig, s["preset"], overrides=[f"dm={json.dumps(str(dm))}",
                                                              f"data.path={json.dumps(str(data))}"])
     d = base.partition.latent_dim
-    overrides = [*variant_overrides(variant, s, Path(attribute_loss) if attribute_loss else None, d), *extra]
+    overrides = ([] if variant == "diti-rl-sg" else
+                 [*variant_overrides(variant, s, Path(attribute_loss) if attribute_loss else None, d), *extra])
     reference = Partition(d, s["k"], base.diffusion.timesteps)
+    if variant == "diti-rl-sg":
+        rl = removed_loss_source(seed, s, data, dm, out, tuple(o for o in extra if o.startswith("train.")))
+        overrides = [*variant_overrides(variant, s, None, d, rl), *extra]
     run = out / variant / f"seed{seed}"
     segments_file = run / "segments.json"
     written = []
@@ -221,6 +267,11 @@ def run_baseline(name: str, seed: int, s: dict, data: str, dm: str, results: str
         x_te = test_set.images(np.arange(len(test_set))).reshape(len(test_set), -1).astype(np.float32) / 255
         pca = PCA(n_components=d, random_state=seed).fit(x_tr)
         z_tr, z_te = pca.transform(x_tr).astype(np.float32), pca.transform(x_te).astype(np.float32)
+    elif name == "supervised":
+        torch.manual_seed(seed)
+        model = DiTiModel.from_config(base, load_dm(dm))
+        supervised_train(model.encoder, train_set, s["supervised_steps"], base.train.batch_size, seed)
+        z_tr, z_te = (encode_dataset(model.encoder.eval(), ds, progress=False) for ds in (train_set, test_set))
     else:
         torch.manual_seed(seed)
         model = DiTiModel.from_config(base, load_dm(dm)).eval()
@@ -235,6 +286,33 @@ def run_baseline(name: str, seed: int, s: dict, data: str, dm: str, results: str
     print(f"== {name}/seed{seed}: probe mean {row['metrics']['probe_mean']:.3f}, DCI-D {row['metrics']['dci_d']:.3f}",
           flush=True)
     return [str(path)]
+
+
+def supervised_train(encoder: torch.nn.Module, dataset, steps: int, batch: int, seed: int,
+                     lr: float = 1e-3) -> list[float]:
+    """Train ``encoder`` with the labels: a linear head per categorical factor on its code z, the sum of the
+    heads' cross-entropies, Adam, ``steps`` steps of ``batch`` images drawn with the sampler of training runs
+    (the heads are dropped afterwards: the probe then reads z as it reads a DiTi code). Returns the losses."""
+    from diti.training.randomness import global_batch_indices
+
+    attrs = dataset.attributes
+    cols = [i for i in range(len(attrs.names)) if attrs.is_categorical(i)]
+    labels = torch.as_tensor(np.asarray(attrs.values)[:, cols], dtype=torch.long)
+    heads = torch.nn.ModuleList(torch.nn.Linear(encoder.latent_dim, int(labels[:, j].max()) + 1)
+                                for j in range(len(cols)))
+    opt = torch.optim.Adam([*encoder.parameters(), *heads.parameters()], lr=lr)
+    encoder.train()
+    losses = []
+    for step in range(steps):
+        idx = global_batch_indices(len(dataset), batch, step, seed)
+        z = encoder(dataset.__getitems__(idx.tolist()))
+        y = labels[idx]
+        loss = sum(torch.nn.functional.cross_entropy(h(z), y[:, j]) for j, h in enumerate(heads))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    return losses
 
 
 def _machine(threads: int | None) -> dict:
@@ -414,7 +492,7 @@ def plot_curves(table: dict, folder: Path) -> list[Path]:
                 n = len(table[v][max(table[v])])
                 ax.plot(x, m, marker="o", ms=3, color=colours[v], label=f"{v} ({n} seeds)")
                 ax.fill_between(x, m - sd, m + sd, color=colours[v], alpha=0.2)
-        for b, style in zip(BASELINES, ("--", ":"), strict=True):
+        for b, style in zip(BASELINES, ("--", ":", "-."), strict=True):
             if b in table:
                 vals = [get(r) for rows in table[b].values() for r in rows]
                 vals = [x for x in vals if x is not None]
@@ -513,11 +591,12 @@ def main(argv=None) -> dict:
             p.error("the shipped DM dm-shapes2-16 is missing; pass --dm")
         attribute_loss = attribute_loss or (str(dm / "attribute_loss.json") if (dm / "attribute_loss.json").is_file()
                                             else None)
-    if "diti-imb-sg" in variants and attribute_loss is None:
+    needs_crossings = ("diti-imb-sg", "diti-imb-sg-stagebal", "diti-al-sg")
+    if any(v in variants for v in needs_crossings) and attribute_loss is None:
         if args.quick:
-            variants = [v for v in variants if v != "diti-imb-sg"]  # the quick DM has no measured crossings
+            variants = [v for v in variants if v not in needs_crossings]  # the quick DM has no measured crossings
         else:
-            p.error("diti-imb-sg needs --attribute-loss")
+            p.error(f"{', '.join(v for v in variants if v in needs_crossings)} need --attribute-loss")
 
     threads = 1 if args.jobs > 1 else None
     # Baselines first (they are the reference lines), then seed-major over the learned variants: what finishes

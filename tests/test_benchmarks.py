@@ -50,13 +50,17 @@ def test_quality_quick(tmp_path, capsys):
 
 def test_curves_quick(tmp_path, capsys):
     main = runpy.run_path(str(BENCH / "curves.py"))["main"]
-    out = main(["--quick", "--variants", "pdae,diti-k8-sg,pixel-pca", "--out", str(tmp_path)])
+    out = main(["--quick", "--variants", "pdae,diti-k8-sg,pixel-pca,supervised", "--out", str(tmp_path)])
     text = capsys.readouterr().out
     assert "### At the last point" in text and "| diti-k8-sg |" in text and "| pixel-pca |" in text
+    assert "| supervised |" in text
     results = tmp_path / "results"
     files = sorted(p.relative_to(results).as_posix() for p in results.glob("*/seed*/step*.json"))
     assert files == ["diti-k8-sg/seed0/step000002.json", "diti-k8-sg/seed0/step000004.json",
-                     "pdae/seed0/step000002.json", "pdae/seed0/step000004.json", "pixel-pca/seed0/step000000.json"]
+                     "pdae/seed0/step000002.json", "pdae/seed0/step000004.json", "pixel-pca/seed0/step000000.json",
+                     "supervised/seed0/step000000.json"]
+    supervised = json.loads((results / "supervised/seed0/step000000.json").read_text())
+    assert len(supervised["probe"]) == 8 and supervised["metrics"]["dci_d"] >= 0
     first, last = (json.loads((results / f"pdae/seed0/step00000{s}.json").read_text()) for s in (2, 4))
     # MIG, FactorVAE and the probe at every point; DCI (and its chunk level) only at the last point in quick mode
     assert set(first["metrics"]) == {"probe_mean", "mig", "factor_vae"} and first["dci"] is None
@@ -316,3 +320,29 @@ def test_precision_quick(tmp_path):
     assert fixed["fp32"] > 0 and fixed["abs_diff"] == fixed["bf16"] - fixed["fp32"] and fixed["abs_diff"] != 0
     assert (tmp_path / "out" / "loss_first_steps.png").is_file()
     assert json.loads((tmp_path / "out" / "precision.json").read_text())["runs"][1]["precision"] == "bf16"
+
+
+def test_the_supervised_bound_learns_the_labels(shapes16):
+    """The encoder trained with the labels fits them: its summed cross-entropy falls well below the start."""
+    import torch
+
+    from diti.data import open_dataset
+    from diti.models.encoder import Encoder
+
+    train = runpy.run_path(str(BENCH / "curves.py"))["supervised_train"]
+    torch.manual_seed(0)
+    encoder = Encoder(16, 16, 3, [16, 32], [], 8)
+    losses = train(encoder, open_dataset(shapes16, "train"), steps=60, batch=32, seed=0, lr=3e-3)
+    assert len(losses) == 60 and sum(losses[-10:]) < 0.7 * sum(losses[:10])
+
+
+def test_curves_quick_label_free_partition(tmp_path):
+    """diti-rl-sg: a short PDAE run per seed, its removed-loss curve, and the DiTi run on the partition it gives."""
+    main = runpy.run_path(str(BENCH / "curves.py"))["main"]
+    out = main(["--quick", "--variants", "diti-rl-sg", "--points", "2", "--dci-points", "0", "--out", str(tmp_path)])
+    point = out["table"]["diti-rl-sg"][2][0]
+    assert "partition.rule=removed_loss" in point["overrides"]
+    source = tmp_path / "rl-source" / "seed0" / "removed_loss.json"
+    curve = json.loads(source.read_text())
+    assert curve["pdae_steps"] == 4 and len(curve["removed_loss"]) == 1000
+    assert sum(row["dims"] for row in point["partition"]) == 16 and len(point["partition"]) == 4
