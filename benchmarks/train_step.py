@@ -265,6 +265,12 @@ def measure_official(args, path: str) -> dict:
         "diti_ddpm": make_step(diti_ddpm, list(diti_ddpm.parameters()), args.batch, 64, device, autocast),
         "diti_diti": make_step(diti, diti.trainable_parameters(), args.batch, 64, device, autocast),
     }
+    if args.diti_mode:  # diti's steps in one of its execution modes (MODES), the official ones as they are
+        for name, module in (("diti_ddpm", diti_ddpm), ("diti_diti", diti)):
+            if name == "diti_ddpm" and (MODES[args.diti_mode]["dm_bf16"] or MODES[args.diti_mode]["dm_fp32"]):
+                continue  # a DDPM step has no frozen DM: it keeps the plain step
+            steps[name] = mode_step(module, _params_of(name.removeprefix("diti_")), args.batch, 64, device,
+                                    args.diti_mode)
     params = {"official_ddpm": off_unet.parameters(), "official_diti": official_diti_params,
               "diti_ddpm": diti_ddpm.parameters(), "diti_diti": diti.trainable_parameters()}
     for step in steps.values():
@@ -279,7 +285,8 @@ def measure_official(args, path: str) -> dict:
             sync(device)
             times[name].append(time.perf_counter() - start)
     row = {"size": "64px-celeba64-guided", "resolution": 64, "batch": args.batch, "device": args.device,
-           "precision": args.precision, "repeats": args.repeats, "threads": torch.get_num_threads(),
+           "precision": args.precision, "diti_mode": args.diti_mode or args.precision, "repeats": args.repeats,
+           "threads": torch.get_num_threads(),
            "partition_mode": mode, "official_path": off["root"], "official_commit": off["commit"],
            "eps_max_abs_diff_official_vs_diti": eps_diff}
     for name, ts in times.items():
@@ -296,7 +303,8 @@ def measure_official(args, path: str) -> dict:
 
 def print_official(row: dict) -> None:
     print(f"\nside by side with the official code ({row['official_path']} @ {str(row['official_commit'])[:10]}): "
-          f"{row['size']}, batch {row['batch']}, {row['device']}, {row['precision']}, {row['threads']} threads, "
+          f"{row['size']}, batch {row['batch']}, {row['device']}, official {row['precision']}, diti "
+          f"{row['diti_mode']}, {row['threads']} threads, "
           f"{row['repeats']} interleaved repeats, partition mode {row['partition_mode']}")
     print(f"{'step':<14} {'median s':>9} {'IQR s':>17} {'img/s':>8} {'GFLOP':>9} {'trainable M':>12}")
     for name in OFFICIAL_STEPS:
@@ -543,6 +551,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table per variant")
     p.add_argument("--quick", action="store_true", help="16 px, batch 4, 2 repeats (format check)")
     p.add_argument("--official", metavar="PATH", help="a clone of the official DiTi repository: add the side-by-side row")
+    p.add_argument("--diti-mode", default=None, help=f"with --official: diti's steps in this mode ({', '.join(MODES)}); "
+                   "the official steps keep --precision")
     p.add_argument("--modes", default=None, help=f"comma list of execution modes ({', '.join(MODES)}) or 'all': "
                    "time every (mode, model) step at each size, repeats interleaved over all of them")
     p.add_argument("--batches", default=None, help="with --modes: comma list of one batch per size (default --batch)")
