@@ -32,11 +32,10 @@ GOAL_S = 2.0  # the issue's goal for an edit with cached inversions on CPU
 def build_model(root: Path, quick: bool):
     """(pipeline, test data set): a shapes-demo run on the shipped DM (quick: shapes-quick on a random 16 px DM)."""
     import diti
-    from diti.cli.demo import shipped_dm
     from diti.config import DiTiConfig, UNetConfig, build_config
     from diti.data import generate_shapes
     from diti.diffusion.schedule import NoiseSchedule
-    from diti.models.dm import build_unet, save_dm
+    from diti.models.dm import build_unet, save_dm, shipped_dm
     from diti.training.jobs import train_diti
 
     resolution = 16 if quick else 32

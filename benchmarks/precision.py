@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diti.cli.demo import shipped_dm
 from diti.config import DiTiConfig, PretrainConfig, build_config
 from diti.data import generate_shapes
+from diti.models.dm import shipped_dm
 from diti.training.jobs import load_diti_run, pretrain, train_diti
 
 BENCH = Path(__file__).resolve().parent

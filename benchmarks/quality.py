@@ -31,14 +31,13 @@ import numpy as np
 import torch
 
 from diti import __version__
-from diti.cli.demo import shipped_dm
 from diti.config import DiTiConfig, PretrainConfig, build_config
 from diti.data import generate_shapes
 from diti.evaluation.features import encode_dataset
 from diti.evaluation.fidelity import counterfactual_fidelity
 from diti.evaluation.runs import disentangle_features, factor_classifier, probe_features, run_features
 from diti.models.diti import DiTiModel
-from diti.models.dm import load_dm
+from diti.models.dm import load_dm, shipped_dm
 from diti.partition import Partition
 from diti.training.jobs import load_diti_run, pretrain, train_diti
 

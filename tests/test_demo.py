@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from diti.cli.demo import run_demo
+from diti.demo import run_demo
 
 
 @pytest.mark.slow

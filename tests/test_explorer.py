@@ -26,8 +26,8 @@ from PIL import Image
 import diti
 from conftest import quick_cfg
 from diti.app.explorer import Explorer
-from diti.cli.demo import shipped_dm
 from diti.data import generate_shapes
+from diti.models.dm import shipped_dm
 from diti.partition import Partition
 from diti.training.jobs import train_diti
 

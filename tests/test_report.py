@@ -23,7 +23,10 @@ from diti.evaluation.attribute_loss import AttributeLossResult
 from diti.evaluation.features import save_features
 from diti.evaluation.fidelity import FidelityResult
 from diti.evaluation.probe import linear_probe
-from diti.evaluation.report import OLD_PROTOCOL, _matrix_table, fmt_value, write_report
+from diti.evaluation.report import write_report
+from diti.evaluation.report.html import fmt_value
+from diti.evaluation.report.reading import OLD_PROTOCOL
+from diti.evaluation.report.results import _matrix_table
 from diti.evaluation.runs import disentangle_features
 from diti.partition import Partition
 from diti.training.run import write_run_files

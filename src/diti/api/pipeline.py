@@ -311,6 +311,13 @@ class DiTiPipeline:
         """Boolean mask (d,) of the dims of the given chunks, stages or explicit dims (exactly one of them)."""
         return cf.select_dims(self.partition, chunks=chunks, stages=stages, dims=dims)
 
+    def selection_group(
+        self, chunks: Sequence[int] | None = None, stages: Sequence[int] | None = None,
+        dims: Sequence[int] | None = None, label: str | None = None,
+    ) -> cf.DimGroup:
+        """The contiguous dims of the given chunks, stages or dims as one row of a counterfactual figure."""
+        return cf.selection_group(self.partition, chunks, stages, dims, label)
+
     def groups(self, max_groups: int = 4) -> list[cf.DimGroup]:
         """The standard rows of a counterfactual figure: the stages, or groups of chunks (PDAE: dim slices)."""
         return cf.dim_groups(self.partition, max_groups)

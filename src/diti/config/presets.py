@@ -119,3 +119,18 @@ PROBE_PRESETS: dict[str, dict] = {
     "lfw": {"task": "regression", "hflip": False, "batch_size": 64, "epochs": 15, "lr": 1e-3,
             "valid_split": "valid", "test_split": "test"},
 }
+PROBE_DEFAULTS = {"task": "auto", "epochs": None, "steps": None, "lr": 1e-3, "batch_size": 128, "hflip": False,
+                  "valid_split": None, "test_split": "test"}
+
+
+def probe_settings(preset_name: str | None = None, **explicit) -> dict:
+    """The probe's settings: explicit values (None: not given) win over the preset, which wins over
+    PROBE_DEFAULTS. An explicit step budget without explicit epochs replaces a preset's epoch count."""
+    given = {k: v for k, v in explicit.items() if v is not None}
+    unknown = sorted(set(given) - set(PROBE_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown probe settings {unknown}; expected {sorted(PROBE_DEFAULTS)}")
+    settings = {**PROBE_DEFAULTS, **preset(PROBE_PRESETS, preset_name), **given}
+    if "steps" in given and "epochs" not in given:
+        settings["epochs"] = None
+    return settings

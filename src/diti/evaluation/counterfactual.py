@@ -96,6 +96,18 @@ class DimGroup:
         return m
 
 
+def selection_group(
+    partition: Partition, chunks: Sequence[int] | None = None, stages: Sequence[int] | None = None,
+    dims: Sequence[int] | None = None, label: str | None = None,
+) -> DimGroup:
+    """The dims of a selection (``select_dims``) as one row of a figure; they must be contiguous. ``label``
+    None: "N dims"."""
+    picked = np.flatnonzero(select_dims(partition, chunks=chunks, stages=stages, dims=dims))
+    if not (len(picked) and picked[-1] - picked[0] + 1 == len(picked)):
+        raise ValueError("the selected dims must be contiguous for the figure; pick one range")
+    return DimGroup(label or f"{len(picked)} dims", (int(picked[0]), int(picked[-1]) + 1), None)
+
+
 def dim_groups(partition: Partition, max_groups: int = 4) -> list[DimGroup]:
     """The rows of the standard counterfactual figure and the fidelity table.
 

@@ -20,7 +20,7 @@ counts, the default), ``fast`` (fewer GBT rows and FactorVAE votes, for the demo
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from sklearn.ensemble import GradientBoostingClassifier
@@ -90,9 +90,12 @@ def chunk_pca(train: np.ndarray, test: np.ndarray, groups: list[tuple[int, int]]
     return np.stack(out_tr, axis=1), np.stack(out_te, axis=1), explained
 
 
-def get_protocol(name: str) -> Protocol:
+def get_protocol(name: str, max_train: int | None = None) -> Protocol:
+    """The named protocol; ``max_train`` replaces its GBT training rows (0 = all), which makes it ``custom``."""
     if name not in PROTOCOLS:
         raise ValueError(f"unknown disentanglement protocol {name!r}; available: {', '.join(PROTOCOLS)}")
+    if max_train is not None:
+        return replace(PROTOCOLS[name], name="custom", dci_max_train=max_train or None)
     return PROTOCOLS[name]
 
 

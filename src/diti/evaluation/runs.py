@@ -137,9 +137,10 @@ def open_distinct_splits(cfg, data: str | Path, splits) -> dict:
 def probe_run(
     run: str | Path, data: str | Path, train_split: str = "train", test_split: str = "test",
     valid_split: str | None = None, device: str | torch.device = "cpu", hflip: bool = False,
-    progress: bool = True, **probe_kwargs,
+    progress: bool = True, out: str | Path | None = None, **probe_kwargs,
 ) -> ProbeResult:
-    """Encode the splits with the run's EMA encoder, probe, and write RUN/eval/probe.json."""
+    """Encode the splits with the run's EMA encoder, probe, and write RUN/eval/probe.json (and ``out``, if
+    given)."""
     from ..training.jobs import load_diti_run
 
     model, cfg = load_diti_run(run, device=device)
@@ -151,7 +152,28 @@ def probe_run(
     result = probe_features(feats[train_split], feats[test_split], feats.get(valid_split) if valid_split else None,
                             train_flipped=flipped, progress=progress, device=device, **probe_kwargs)
     (eval_dir(run) / "probe.json").write_text(json.dumps(result.to_dict(), indent=2))
+    if out is not None:
+        write_json(result.to_dict(), out)
     return result
+
+
+def probe_saved(
+    features: str | Path, test_features: str | Path, out: str | Path, valid_features: str | Path | None = None,
+    **probe_kwargs,
+) -> ProbeResult:
+    """probe_features on saved codes (``diti encode`` files), from any model; writes the result to ``out``."""
+    valid = load_features(valid_features) if valid_features else None
+    result = probe_features(load_features(features), load_features(test_features), valid, **probe_kwargs)
+    write_json(result.to_dict(), out)
+    return result
+
+
+def write_json(data: dict, path: str | Path) -> Path:
+    """``data`` as indented JSON at ``path`` (its folder made if needed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+    return path
 
 
 def chunk_groups(partition, reference=None, num_slices: int = 8) -> list:
@@ -342,9 +364,11 @@ def write_disentangle(result: dict, out: Path, title: str) -> dict:
 
 def disentangle_run(
     run: str | Path, data: str | Path, train_split: str = "train", test_split: str = "test",
-    device: str | torch.device = "cpu", progress: bool = True, reference: str | Path | None = None, **kwargs,
+    device: str | torch.device = "cpu", progress: bool = True, reference: str | Path | None = None,
+    out: str | Path | None = None, **kwargs,
 ) -> dict:
-    """disentangle_features on the run's codes; writes RUN/eval/disentangle.json and alignment.png.
+    """disentangle_features on the run's codes; writes RUN/eval/disentangle.json and alignment.png (and the same
+    two files to the folder ``out``, if given).
 
     ``reference``: a run (or config) whose partition gives the dim groups of the chunk-level metrics (for a
     PDAE run compared with a DiTi run).
@@ -357,7 +381,10 @@ def disentangle_run(
     test = run_features(model, cfg, run, data, test_split, device, progress=progress, dataset=sets[test_split])
     ref = partition_of(reference, model.partition.latent_dim) if reference is not None else None
     result = disentangle_features(train, test, model.partition, reference_partition=ref, progress=progress, **kwargs)
-    return write_disentangle(result, eval_dir(run), Path(run).name)
+    write_disentangle(result, eval_dir(run), Path(run).name)
+    if out is not None:
+        write_disentangle(result, Path(out), Path(run).name)
+    return result
 
 
 def disentangle_saved(
@@ -423,3 +450,55 @@ def factor_classifier(path: str | Path, train_set, test_set, epochs: int = 3, se
     path.parent.mkdir(parents=True, exist_ok=True)
     save_factor_classifier(clf, path, extra=info)
     return clf, info
+
+
+def fidelity_run(
+    run: str | Path, data: str | Path, num_pairs: int = 256, num_steps: int = 50, max_groups: int = 4,
+    classifier: str | Path | None = None, classifier_epochs: int = 3, seed: int = 0,
+    device: str | torch.device = "cpu", clip_x0: bool = False,
+):
+    """Counterfactual fidelity of a run on data with known factors: writes RUN/eval/fidelity.json (with the
+    factor classifier's scores) and fidelity.png. The classifier is read from ``classifier`` (default
+    RUN/eval/factor_classifier.safetensors), or trained and saved there."""
+    from ..training.jobs import load_diti_run
+    from .fidelity import counterfactual_fidelity, plot_fidelity
+
+    model, cfg = load_diti_run(run, device=device)
+    train_set, test_set = cfg.data.open("train", data), cfg.data.open("test", data)
+    clf, info = factor_classifier(classifier or eval_dir(run) / "factor_classifier.safetensors", train_set,
+                                  test_set, classifier_epochs, seed, device)
+    result = counterfactual_fidelity(model, clf, test_set, num_pairs=num_pairs, num_steps=num_steps, seed=seed,
+                                     max_groups=max_groups, clip_x0=clip_x0)
+    out = eval_dir(run)
+    write_json({**result.to_dict(), "classifier": info}, out / "fidelity.json")
+    plot_fidelity(result, out / "fidelity.png", title=Path(run).name)
+    return result
+
+
+def attribute_loss_run(
+    dm: str | Path, data: str | Path, out: str | Path, split: str = "train", max_pairs: int = 64,
+    num_noise: int = 2, threshold: float = 0.25, seed: int = 0, device: str | torch.device = "cpu",
+):
+    """The frozen DM's attribute loss against t (``attribute_loss``) on data with known factors; writes
+    OUT/attribute_loss.json and attribute_loss.png. ``dm``: a DM folder, or a ``diti train`` run (its DM and
+    schedule are used)."""
+    from ..config import DiffusionConfig, DiTiConfig
+    from ..data import open_dataset
+    from ..models.dm import dm_resolution, load_dm
+    from ..training.run import read_run_config
+    from .attribute_loss import attribute_loss
+    from .figures import plot_attribute_loss
+
+    dm, diffusion = Path(dm), DiffusionConfig()
+    if (dm / "meta.json").is_file() and (dm / "config.yaml").is_file() and not (dm / "dm").is_dir():
+        run_cfg = read_run_config(dm, DiTiConfig)
+        dm, diffusion = Path(run_cfg.dm), run_cfg.diffusion
+    schedule = diffusion.build()
+    unet = load_dm(dm, schedule).to(device)
+    dataset = open_dataset(data, split, dm_resolution(unet))
+    result = attribute_loss(unet, schedule, dataset, max_pairs=max_pairs, num_noise=num_noise, threshold=threshold,
+                            seed=seed, device=device, progress=True)
+    out = Path(out)
+    write_json(result.to_dict(), out / "attribute_loss.json")
+    plot_attribute_loss(result.to_dict(), out / "attribute_loss.png")
+    return result

@@ -14,6 +14,7 @@ do not depend on the head count, only the attention's split of its channels does
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -150,3 +151,10 @@ def dm_resolution(unet: UNet2DModel) -> int:
     if size is None:
         raise ValueError("the DM's config has no sample_size; set data.resolution explicitly")
     return int(size)
+
+
+def shipped_dm(name: str = "dm-shapes32") -> Path | None:
+    """A DM shipped with diti, if present: ``dm-shapes32`` (32 px shapes version 1, `diti pretrain --preset
+    shapes-demo`) or ``dm-shapes2-16`` (16 px shapes version 2, `--preset shapes2-bench`: the demo's)."""
+    path = Path(str(resources.files("diti") / "assets" / name))
+    return path if (path / "model_index.json").is_file() else None

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from diffusers import UNet2DModel
 
-from ..config.loader import ConfigError, to_dict
+from ..config import build_config
+from ..config.loader import ConfigError, read_yaml, to_dict
 from ..config.schema import DiTiConfig, PretrainConfig
 from ..models.ddpm import DDPMObjective
 from ..models.diti import DiTiModel
@@ -22,12 +25,33 @@ from .run import read_meta, read_run_config, write_run_files
 from .timesteps import build_sampler
 from .trainer import Trainer
 
+C = TypeVar("C", DiTiConfig, PretrainConfig)
+
 # Config keys that may change when a run is resumed (bookkeeping, not the experiment).
 RESUMABLE_KEYS = {
     "train": ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "progress", "device", "compile",
               "channels_last"),
     "data": ("num_workers", "skip_unreadable"),
 }
+
+
+def job_config(
+    cls: type[C], out: str | Path, preset: str | None = None, file: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (), resume: bool = False, data: str | Path | None = None,
+    steps: int | None = None, dm: str | Path | None = None,
+) -> C:
+    """A job's config: defaults < preset < file < overrides < ``data`` / ``steps`` / ``dm`` (the command's own
+    flags); on ``resume`` without a preset or file, the run's saved config.yaml is the base."""
+    extra = list(overrides)
+    if data is not None:
+        extra.append(f"data.path={json.dumps(str(data))}")
+    if steps is not None:
+        extra.append(f"train.steps={steps}")
+    if dm is not None:
+        extra.append(f"dm={json.dumps(str(dm))}")
+    saved = Path(out) / "config.yaml"
+    base = read_yaml(saved) if resume and saved.is_file() and preset is None and file is None else None
+    return build_config(cls, preset, file, extra, base=base)
 
 
 def prepare_run_folder(out: Path, kind: str, cfg, resume: bool):

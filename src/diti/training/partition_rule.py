@@ -17,7 +17,7 @@ trained; the rule and its source stay beside them.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +128,71 @@ def resolve_partition_rule(pcfg: PartitionConfig, timesteps: int) -> PartitionCo
     dims = None if part.dims_per_stage is None else list(part.dims_per_stage)
     source = pcfg.rule_source if pcfg.rule_source is None else str(Path(pcfg.rule_source).expanduser().resolve())
     return replace(pcfg, stages=stages, dims_per_stage=dims, rule_source=source)
+
+
+@dataclass
+class RulePartition:
+    """A partition set by the attribute-loss or removed-loss rule from its source (``diti partition
+    --from-attribute-loss / --from-removed-loss``): the partition, a label per chunk, and what it was read from."""
+
+    partition: Partition
+    rule: str  # attribute_loss | removed_loss
+    source: Path  # what ``partition.rule_source`` reads it from again
+    floor: int
+    labels: list[str]  # per chunk: the factors lost in its t-range, or the loss removed there
+    extra: dict  # chunk_factors and crossings, or chunk_weights and removed_loss
+
+    def overrides(self) -> list[str]:
+        """The ``--set`` values that train with this partition."""
+        part = self.partition
+        return [f"partition.latent_dim={part.latent_dim}", f"partition.k={part.k}", f"partition.rule={self.rule}",
+                f"partition.rule_source={self.source}"] + ([f"partition.floor_dims={self.floor}"]
+                                                           if self.floor != 1 else [])
+
+    def to_json(self) -> dict:
+        part = self.partition
+        return {**part.to_json(), "stages": list(part.stages), "dims_per_stage": list(part.dims_per_stage),
+                "rule": self.rule, **self.extra}
+
+    def format_text(self) -> str:
+        """The partition table, each chunk's dims and label, and the overrides that train with it."""
+        part = self.partition
+        lines = [part.format_table()]
+        for i, label in enumerate(self.labels):
+            lo, hi = part.chunk_t_ranges[i]
+            lines.append(f"chunk {i} (t {lo}-{hi}): {part.dims_per_stage[i]} dims; {label}")
+        lines.append("train with: " + " ".join(f"--set {o}" for o in self.overrides()))
+        return "\n".join(lines)
+
+
+def attribute_loss_partition(path: str | Path, latent_dim: int, k: int, timesteps: int | None = None,
+                             floor: int = 1) -> RulePartition:
+    """The attribute-loss rule on the crossings of a ``diti attribute-loss`` JSON."""
+    crossings = crossings_of(path)
+    part, groups = partition_from_crossings(crossings, latent_dim, k, timesteps or 1000, floor)
+    labels = [", ".join(f"{n} ({crossings[n]:.0f})" for n in g) or "no factor lost" for g in groups]
+    return RulePartition(part, "attribute_loss", Path(path), floor, labels,
+                         {"chunk_factors": groups, "crossings": crossings})
+
+
+def removed_loss_partition(source: str | Path, latent_dim: int, k: int, floor: int = 1,
+                           data: str | Path | None = None, out: str | Path | None = None) -> RulePartition:
+    """The removed-loss rule: on a PDAE run folder (measured, on ``data`` or the run's data) or on a JSON with a
+    ``removed_loss`` curve (read as it is). ``out``: write the curve and the partition there (JSON), which then
+    becomes the rule's source."""
+    source = Path(source)
+    if source.is_dir():
+        curve = removed_loss_curve(source, data)
+    else:
+        curve = json.loads(source.read_text()) if source.is_file() else None
+        if not isinstance(curve, dict) or not isinstance(curve.get("removed_loss"), list):
+            raise FileNotFoundError(f"{source} is neither a run folder nor a JSON with a removed_loss curve")
+    part, weights = partition_from_removed_loss(curve["removed_loss"], latent_dim, k, floor)
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**curve, "partition": {"stages": list(part.stages),
+                                                          "dims_per_stage": list(part.dims_per_stage)}}))
+    return RulePartition(part, "removed_loss", out if out is not None else source, floor,
+                         [f"removed loss {w:.3g}" for w in weights],
+                         {"chunk_weights": weights, "removed_loss": curve["removed_loss"]})

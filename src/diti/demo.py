@@ -1,4 +1,4 @@
-"""``diti demo``: the whole pipeline on the embedded shapes data, DiTi vs PDAE with the same budget.
+"""The demo behind ``diti demo``: the whole pipeline on the embedded shapes data, DiTi vs PDAE with the same budget.
 
 The full demo runs the converged benchmark's setting (benchmarks/curves.py: shapes version 2 at 16 px, whose
 factors the shipped DM dm-shapes2-16 loses across the whole time axis; d = 32, k = 8, stop_grad) at a
@@ -15,20 +15,19 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import typer
 
-from ..config import DiTiConfig, PretrainConfig, build_config
-from ..data import generate_shapes
-from ..evaluation.attribute_loss import attribute_loss
-from ..evaluation.counterfactual import standard_counterfactual_figure
-from ..evaluation.fidelity import counterfactual_fidelity, plot_fidelity
-from ..evaluation.figures import plot_attribute_loss
-from ..evaluation.report import write_report
-from ..evaluation.runs import (
+from .config import DiTiConfig, PretrainConfig, build_config
+from .data import generate_shapes
+from .evaluation.attribute_loss import attribute_loss
+from .evaluation.counterfactual import standard_counterfactual_figure
+from .evaluation.fidelity import counterfactual_fidelity, plot_fidelity
+from .evaluation.figures import plot_attribute_loss
+from .evaluation.report import write_report
+from .evaluation.runs import (
     disentangle_features,
     eval_dir,
     factor_classifier,
@@ -36,8 +35,8 @@ from ..evaluation.runs import (
     probe_features,
     run_features,
 )
-from ..models.dm import load_dm
-from ..training.jobs import load_diti_run, pretrain, train_diti
+from .models.dm import load_dm, shipped_dm
+from .training.jobs import load_diti_run, pretrain, train_diti
 
 METHODS = {"DiTi": [], "PDAE": ["partition.k=1"]}
 
@@ -55,13 +54,6 @@ class StageTimer:
         yield
         self.times[name] = time.perf_counter() - start
         typer.echo(f"   {name}: {self.times[name]:.1f} s")
-
-
-def shipped_dm(name: str = "dm-shapes32") -> Path | None:
-    """A DM shipped with diti, if present: ``dm-shapes32`` (32 px shapes version 1, `diti pretrain --preset
-    shapes-demo`) or ``dm-shapes2-16`` (16 px shapes version 2, `--preset shapes2-bench`: the demo's)."""
-    path = Path(str(resources.files("diti") / "assets" / name))
-    return path if (path / "model_index.json").is_file() else None
 
 
 # Sizes of each stage: the full demo (16 px shapes version 2 on dm-shapes2-16, the benchmark's models at 1,200
