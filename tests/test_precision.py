@@ -72,3 +72,23 @@ def test_unknown_precision_is_refused(random_dm, shapes16, value):
 
     with pytest.raises((ConfigError, ValueError), match="mixed_precision"):
         quick_cfg(random_dm, shapes16, f"train.mixed_precision={value}")
+
+
+def test_the_frozen_forward_stays_float32_under_autocast(random_dm):
+    from diti.models.dm import load_dm
+    from diti.models.shift_decoder import ShiftDecoder
+
+    x = torch.randn(2, 3, 16, 16)
+    t = torch.tensor([10, 900])
+    exact = ShiftDecoder(load_dm(random_dm), 8).frozen_features(x, t)
+    for frozen_fp32, dtype in ((True, torch.float32), (False, torch.bfloat16)):
+        decoder = ShiftDecoder(load_dm(random_dm), 8, frozen_fp32=frozen_fp32)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            feats = decoder.frozen_features(x, t)
+            shift = decoder.shift(feats, torch.randn(2, 8))
+        assert feats.eps.dtype == dtype and feats.h.dtype == dtype
+        assert shift.dtype == torch.bfloat16  # the trainable path runs in bf16 either way
+        if frozen_fp32:
+            assert torch.equal(feats.eps, exact.eps)  # the same float32 forward as without autocast
+        else:
+            assert not torch.equal(feats.eps.float(), exact.eps)

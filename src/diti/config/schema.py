@@ -104,8 +104,10 @@ class DecoderConfig:
     z_embed_dim: int | None = None
     init: Literal["dm_copy", "official"] = "dm_copy"
     # Under train.mixed_precision=bf16, run the frozen DM's forward (eps_theta and the features the trainable
-    # copy reads) in float32 all the same; only E and G then run in bf16 (training/precision.py says why).
-    frozen_fp32: bool = False
+    # copy reads) in float32 all the same; only E and G run in bf16. The loss's target eps - eps_theta is small
+    # where the DM is good, and bf16's rounding of eps_theta is of its size: with the frozen forward in bf16
+    # the codes learned a subtle factor (close object hues) much more slowly (benchmarks/RESULTS.md).
+    frozen_fp32: bool = True
 
 
 @dataclass

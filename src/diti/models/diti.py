@@ -32,7 +32,7 @@ class DiTiModel(nn.Module):
         z_embed_dim: int | None = None,
         weighting: str = "official",
         decoder_init: str = "dm_copy",
-        frozen_fp32: bool = False,
+        frozen_fp32: bool = True,
     ):
         super().__init__()
         if mode not in ("base", "stop_grad", "dual"):

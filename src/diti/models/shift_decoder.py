@@ -113,7 +113,7 @@ class ShiftDecoder(nn.Module):
 
     def __init__(
         self, dm: UNet2DModel, latent_dim: int, z_embed_dim: int | None = None,
-        init: Literal["dm_copy", "official"] = "dm_copy", frozen_fp32: bool = False,
+        init: Literal["dm_copy", "official"] = "dm_copy", frozen_fp32: bool = True,
     ):
         super().__init__()
         if init not in DECODER_INITS:

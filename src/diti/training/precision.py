@@ -1,7 +1,11 @@
 """``train.mixed_precision: auto``: bf16 autocast where the hardware computes in bf16, float32 elsewhere.
 
 bf16 autocast runs the forward passes in bfloat16 while weights, optimizer state, EMA and checkpoints stay
-float32 (training/trainer.py). It pays off only where the hardware has bf16 arithmetic: a CUDA GPU that
+float32 (training/trainer.py). In a DiTi/PDAE run the frozen DM's forward stays float32 even then
+(``decoder.frozen_fp32``, default true): the loss's target eps - eps_theta is small where the DM is good, and
+rounding eps_theta to bf16 adds an error of that size; on the converged benchmark a fully-bf16 step made
+the code learn the close object hues much more slowly, the float32 frozen forward did not
+(benchmarks/RESULTS.md). Only the encoder and the shift decoder then run in bf16. It pays off only where the hardware has bf16 arithmetic: a CUDA GPU that
 supports it (Ampere and newer), or a CPU with the AVX512-BF16 or AMX instructions, which oneDNN's bf16
 convolutions use. Elsewhere bf16 is emulated and slower than float32, so ``auto`` falls back to float32 and
 says why in one log line. The run's resolved config (``RUN/config.yaml``) records the precision that ran.
