@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diti.data.datasets import ImageFolderDataset, LMDBDataset
+from diti.data import ImageFolderDataset, LMDBDataset
 from diti.data.formats import CELEBA_BOX
 from diti.training.loader import StepBatches, StepBatchSampler, step_loader
 

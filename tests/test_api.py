@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 import diti
 from diti.cli.main import app
 from diti.config.loader import dump_yaml, read_yaml
-from diti.data.datasets import fit_square, to_rgb, to_tensor
+from diti.data.images import fit_square, to_rgb, to_tensor
 from diti.evaluation.counterfactual import counterfactual_grid, reconstruct
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from diti.cli.main import app
 from diti.config import DataConfig
 from diti.data import open_dataset
 from diti.data.check import check_dataset
-from diti.data.datasets import fit_square
+from diti.data.images import fit_square
 
 
 def _rgb(seed: int, size=(24, 24)) -> np.ndarray:

@@ -26,7 +26,7 @@ from diti.data import (
     detect_format,
     open_dataset,
 )
-from diti.data import datasets as datasets_module
+from diti.data import lmdb_dataset as datasets_module
 from diti.data.formats import CELEBA_BOX, lfw_splits
 
 CELEBA_NAMES = (

@@ -2,7 +2,7 @@
 
 In: PIL images (any size and mode), uint8 arrays (H, W, 3) or (B, H, W, 3) of any size, or float tensors
 (3, R, R) or (B, 3, R, R) in [-1, 1] at the model's resolution R. PIL images and arrays are fitted exactly as
-the data loader fits a data set's images (``diti.data.datasets.fit_square``): converted to RGB (transparency
+the data loader fits a data set's images (``diti.data.images.fit_square``): converted to RGB (transparency
 composited on white), the centre square (or a crop box that the run's data format prescribes for images of
 that size, e.g. CelebA's official crop) resized to R with the run's ``data.resize`` filter (bicubic by default). Tensors are taken as they are,
 so their shape and range are checked; anything else is refused with a ValueError that names the problem.
@@ -19,8 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.datasets import Box, fit_square, to_rgb, to_tensor
-from ..evaluation.grids import to_uint8
+from ..data.images import Box, fit_square, to_rgb, to_tensor, to_uint8
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 # float tensors may overshoot [-1, 1] by this much (e.g. a decoded image fed back), beyond it they are refused

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from ..config.schema import DiTiConfig
-from ..data.datasets import Box
 from ..data.formats import CELEBA_ALIGNED_SIZE, CELEBA_BOX, detect_format
+from ..data.images import Box
 from ..evaluation import counterfactual as cf
 from ..evaluation import manipulate as pm
 from ..evaluation.features import encode_dataset

@@ -1,15 +1,8 @@
-"""diti.data: image data sets behind one ``open_dataset`` (a table of format specs), attribute tables, and the
-procedural shapes set."""
+"""diti.data: image data sets behind one ``open_dataset`` (a table of format specs), attribute tables, image
+conversion (``diti.data.images``), and the procedural shapes set."""
 
-from .datasets import (
-    ArrayImageDataset,
-    Attributes,
-    ImageDataset,
-    ImageFolderDataset,
-    LMDBDataset,
-    collate_images,
-    load_image,
-)
+from .attributes import Attributes
+from .datasets import ArrayImageDataset, ImageDataset, ImageFolderDataset, collate_images
 from .formats import (
     FORMATS,
     FormatSpec,
@@ -20,6 +13,8 @@ from .formats import (
     read_celeba_partition,
     read_lfw_attributes,
 )
+from .images import load_image
+from .lmdb_dataset import LMDBDataset
 from .shapes import (
     SHAPES_FACTORS,
     SHAPES_V2_FACTORS,

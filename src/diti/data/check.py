@@ -29,8 +29,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .datasets import Box, fit_square, to_rgb
 from .formats import FORMATS, detect_format, open_dataset
+from .images import Box, fit_square, to_rgb
 
 # PIL's format name for each image extension diti reads
 _FORMAT_OF_SUFFIX = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}

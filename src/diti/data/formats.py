@@ -26,18 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .attributes import Attributes
 from .datasets import (
     IMAGE_EXTENSIONS,
-    RESIZE_FILTERS,
     SPLIT_DIRS,
     ArrayImageDataset,
-    Attributes,
     ImageDataset,
     ImageFolderDataset,
-    LMDBDataset,
     list_images,
     read_dataset_json,
 )
+from .images import RESIZE_FILTERS
+from .lmdb_dataset import LMDBDataset
 
 logger = logging.getLogger(__name__)
 

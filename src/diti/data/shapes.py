@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .datasets import Attributes
+from .attributes import Attributes
 
 
 @dataclass(frozen=True)

@@ -13,28 +13,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..data.images import to_uint8
+
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
-
-
-def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Images to uint8 (N, H, W, 3).
-
-    Accepts float tensors/arrays (N, 3, H, W) in [-1, 1] (clipped) or uint8 arrays (N, H, W, 3) as they are.
-    """
-    if isinstance(images, torch.Tensor):
-        images = images.detach().float().cpu().numpy()
-    images = np.asarray(images)
-    if images.ndim != 4:
-        raise ValueError(f"images must be a batch (N, 3, H, W) or (N, H, W, 3), got shape {images.shape}")
-    if images.dtype == np.uint8:
-        if images.shape[-1] != 3:
-            raise ValueError(f"uint8 images must be (N, H, W, 3), got shape {images.shape}")
-        return images
-    if images.shape[1] != 3:
-        raise ValueError(f"float images must be (N, 3, H, W) in [-1, 1], got shape {images.shape}")
-    x = np.clip((images + 1.0) * 127.5, 0, 255)
-    return np.round(x).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
 def _font(size: int) -> ImageFont.ImageFont:
