@@ -19,7 +19,8 @@ import diti
 from diti.cli.main import app
 from diti.config.loader import dump_yaml, read_yaml
 from diti.data.images import fit_square, to_rgb, to_tensor
-from diti.evaluation.counterfactual import counterfactual_grid, reconstruct
+from diti.evaluation.counterfactual import counterfactual_grid
+from diti.inference import reconstruct
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"

@@ -13,11 +13,6 @@ from diti.diffusion.schedule import NoiseSchedule
 from diti.evaluation.counterfactual import (
     counterfactual_figure,
     counterfactual_grid,
-    dim_groups,
-    mix_codes,
-    reconstruct,
-    select_dims,
-    slerp,
     standard_counterfactual_figure,
 )
 from diti.evaluation.fidelity import (
@@ -30,6 +25,7 @@ from diti.evaluation.fidelity import (
 )
 from diti.evaluation.grids import image_grid
 from diti.evaluation.manipulate import edit_codes, fit_probmask, manipulation_figure, manipulation_grid
+from diti.inference import dim_groups, mix_codes, reconstruct, select_dims, slerp
 from diti.models.diti import DiTiModel
 from diti.models.dm import build_unet
 from diti.models.encoder import Encoder

@@ -24,18 +24,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import inference
 from ..config.schema import DiTiConfig
 from ..data.formats import CELEBA_ALIGNED_SIZE, CELEBA_BOX, detect_format
 from ..data.images import Box
 from ..evaluation import counterfactual as cf
 from ..evaluation import manipulate as pm
 from ..evaluation.features import encode_dataset
+from ..inference import DimGroup, Inversion
 from ..models.diti import DiTiModel
 from ..partition import Partition
 from ..training.checkpoint import latest_checkpoint
@@ -44,31 +45,6 @@ from .images import check_output_type, from_model_output, to_model_input
 DEFAULT_STEPS = 100
 # evaluation results a run (or an export) may hold in eval/; read defensively: their schema may grow keys
 METRIC_FILES = ("probe.json", "disentangle.json", "fidelity.json")
-
-
-@dataclass(frozen=True)
-class Inversion:
-    """The code and the DDIM inversion of a batch of images: z (B, d), x_T (B, C, R, R), ``steps`` DDIM steps."""
-
-    z: torch.Tensor
-    x_T: torch.Tensor
-    steps: int
-
-    def __len__(self) -> int:
-        return len(self.z)
-
-    def __getitem__(self, index: int | slice) -> Inversion:
-        """The inversion of one image (kept as a batch of 1) or of a slice of the batch."""
-        index = slice(index, index + 1 if index != -1 else None) if isinstance(index, int) else index
-        return Inversion(self.z[index], self.x_T[index], self.steps)
-
-    @staticmethod
-    def cat(items: Sequence[Inversion]) -> Inversion:
-        """One batch from several inversions made with the same number of steps."""
-        steps = {i.steps for i in items}
-        if len(steps) != 1:
-            raise ValueError(f"cannot join inversions made with different numbers of DDIM steps: {sorted(steps)}")
-        return Inversion(torch.cat([i.z for i in items]), torch.cat([i.x_T for i in items]), steps.pop())
 
 
 class DiTiPipeline:
@@ -260,8 +236,7 @@ class DiTiPipeline:
 
     def invert(self, images, steps: int = DEFAULT_STEPS, progress: bool = False) -> Inversion:
         """The code z and the deterministic DDIM inversion x_T of each image (with eps' and z's per-t mask)."""
-        z, x_T = cf.invert(self.model, self.preprocess(images), steps, progress)
-        return Inversion(z, x_T, steps)
+        return inference.invert(self.model, self.preprocess(images), steps, progress)
 
     def decode(
         self, z: torch.Tensor, x_T: torch.Tensor, steps: int = DEFAULT_STEPS, output_type: str = "pil",
@@ -275,7 +250,7 @@ class DiTiPipeline:
         shape = (self.channels, self.resolution, self.resolution)
         if x_T.dim() != 4 or tuple(x_T.shape[1:]) != shape:
             raise ValueError(f"x_T must be (B, {', '.join(map(str, shape))}); got shape {tuple(x_T.shape)}")
-        return self.postprocess(cf.decode(self.model, z, x_T, steps, batch_size, progress, clip_x0), output_type)
+        return self.postprocess(inference.decode(self.model, z, x_T, steps, batch_size, progress, clip_x0), output_type)
 
     def reconstruct(
         self, images=None, steps: int = DEFAULT_STEPS, inversion: Inversion | None = None, output_type: str = "pil",
@@ -309,18 +284,18 @@ class DiTiPipeline:
         dims: Sequence[int] | None = None,
     ) -> np.ndarray:
         """Boolean mask (d,) of the dims of the given chunks, stages or explicit dims (exactly one of them)."""
-        return cf.select_dims(self.partition, chunks=chunks, stages=stages, dims=dims)
+        return inference.select_dims(self.partition, chunks=chunks, stages=stages, dims=dims)
 
     def selection_group(
         self, chunks: Sequence[int] | None = None, stages: Sequence[int] | None = None,
         dims: Sequence[int] | None = None, label: str | None = None,
-    ) -> cf.DimGroup:
+    ) -> DimGroup:
         """The contiguous dims of the given chunks, stages or dims as one row of a counterfactual figure."""
-        return cf.selection_group(self.partition, chunks, stages, dims, label)
+        return inference.selection_group(self.partition, chunks, stages, dims, label)
 
-    def groups(self, max_groups: int = 4) -> list[cf.DimGroup]:
+    def groups(self, max_groups: int = 4) -> list[DimGroup]:
         """The standard rows of a counterfactual figure: the stages, or groups of chunks (PDAE: dim slices)."""
-        return cf.dim_groups(self.partition, max_groups)
+        return inference.dim_groups(self.partition, max_groups)
 
     def counterfactual(
         self,
@@ -348,50 +323,30 @@ class DiTiPipeline:
         pairs) or None when their inversions are given. alpha 0 with x_T kept is the reconstruction of a.
         """
         check_output_type(output_type)
-        if mode not in cf.MODES:
-            raise ValueError(f"unknown counterfactual mode {mode!r}; expected one of {cf.MODES}")
-        if x_T not in cf.X_T_MODES:
-            raise ValueError(f"unknown x_T mode {x_T!r}; expected one of {cf.X_T_MODES}")
-        if mode == "swap":
-            if alpha not in (None, 1, 1.0):
-                raise ValueError(f"mode='swap' replaces the dims by b's (alpha 1); for alpha={alpha} use "
-                                 "mode='interpolate'")
-            alpha = 1.0
-        alpha = 0.5 if alpha is None else float(alpha)
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
+        alpha = inference.edit_alpha(mode, x_T, alpha)
         mask = self.select_dims(chunks, stages, dims)
         if not mask.any():
             raise ValueError("the selection is empty: choose at least one chunk, stage or dim that holds dims")
         inv_a = self._inversion(a, inversion_a, steps, "inversion_a", progress)
         inv_b = self._inversion(b, inversion_b, steps, "inversion_b", progress)
-        if len(inv_a) != len(inv_b):
-            raise ValueError(f"a and b must be pairs: got {len(inv_a)} image(s) a and {len(inv_b)} image(s) b")
-        z = cf.mix_codes(inv_a.z, inv_b.z, mask, [alpha])[0]
-        noise = inv_a.x_T if x_T == "keep" else cf.slerp(inv_a.x_T, inv_b.x_T, alpha)
-        return self.decode(z, noise, steps, output_type, progress=progress, clip_x0=clip_x0)
+        cells = inference.counterfactuals(inv_a, inv_b, [mask], [alpha], x_T)
+        return self.postprocess(cells.decode(self.model, steps, progress=progress, clip_x0=clip_x0)[0, 0], output_type)
 
     def swap_each_group(
         self, a=None, b=None, *, x_T: str = "keep", steps: int = DEFAULT_STEPS, max_groups: int = 4,
         inversion_a: Inversion | None = None, inversion_b: Inversion | None = None, output_type: str = "pil",
         progress: bool = False, clip_x0: bool = False,
-    ) -> list[tuple[cf.DimGroup, object]]:
+    ) -> list[tuple[DimGroup, object]]:
         """For each group of ``groups(max_groups)`` (stages, chunk groups, or PDAE's dim slices), a with that
         group swapped from b: [(group, images)], all groups decoded as one batch."""
         check_output_type(output_type)
-        if x_T not in cf.X_T_MODES:
-            raise ValueError(f"unknown x_T mode {x_T!r}; expected one of {cf.X_T_MODES}")
+        inference.check_modes("swap", x_T)
         groups = [g for g in self.groups(max_groups) if g.dim_range[1] > g.dim_range[0]]
         inv_a = self._inversion(a, inversion_a, steps, "inversion_a", progress)
         inv_b = self._inversion(b, inversion_b, steps, "inversion_b", progress)
-        if len(inv_a) != len(inv_b):
-            raise ValueError(f"a and b must be pairs: got {len(inv_a)} image(s) a and {len(inv_b)} image(s) b")
-        codes = torch.cat([cf.mix_codes(inv_a.z, inv_b.z, g.mask(self.latent_dim), [1.0])[0] for g in groups])
-        noise = inv_a.x_T if x_T == "keep" else inv_b.x_T  # slerp at alpha 1 is b's x_T
-        out = cf.decode(self.model, codes, noise.repeat(len(groups), 1, 1, 1), steps, progress=progress,
-                        clip_x0=clip_x0)
-        n = len(inv_a)
-        return [(g, self.postprocess(out[i * n : (i + 1) * n], output_type)) for i, g in enumerate(groups)]
+        cells = inference.counterfactuals(inv_a, inv_b, [g.mask(self.latent_dim) for g in groups], [1.0], x_T)
+        out = cells.decode(self.model, steps, progress=progress, clip_x0=clip_x0)  # all groups in one batch
+        return [(g, self.postprocess(out[i, 0], output_type)) for i, g in enumerate(groups)]
 
     # ------------------------------------------------------------------------------------------------
     # Attribute manipulation (ProbMask)

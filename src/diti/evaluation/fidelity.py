@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +36,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import open_dataset
-from .counterfactual import DimGroup, decode, dim_groups, invert, random_pairs
+from ..inference import DimGroup, Inversion, counterfactuals, decode, dim_groups, invert
+from .counterfactual import random_pairs
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -306,15 +307,6 @@ class FidelityResult:
         return "\n".join(lines)
 
 
-def _batched(fn: Callable, n: int, batch_size: int | None, *tensors: torch.Tensor) -> list:
-    """Apply fn to consecutive slices of ``tensors`` (all of length n); concatenate each output."""
-    step = batch_size or max(n, 1)
-    outs = [fn(*(t[s : s + step] for t in tensors)) for s in range(0, n, step)]
-    if isinstance(outs[0], tuple):
-        return [torch.cat(parts) for parts in zip(*outs, strict=True)]
-    return [torch.cat(outs)]
-
-
 @torch.no_grad()
 def counterfactual_fidelity(
     model,
@@ -354,21 +346,21 @@ def counterfactual_fidelity(
     x_tgt = dataset.__getitems__(tgt_idx.tolist()).to(device)
 
     # 1. codes of the sources, codes and inversions of the targets
-    (z_src,) = _batched(model.encode, num_pairs, batch_size, x_src)
-    z_tgt, xT_tgt = _batched(lambda x: invert(model, x, num_steps), num_pairs, batch_size, x_tgt)
+    step = batch_size or max(num_pairs, 1)
+    z_src = torch.cat([model.encode(x_src[s : s + step]) for s in range(0, num_pairs, step)])
+    target = Inversion.cat([invert(model, x_tgt[s : s + step], num_steps) for s in range(0, num_pairs, step)])
 
     # 2. the ceiling: plain reconstructions of the targets
-    recon = decode(model, z_tgt, xT_tgt, num_steps, batch_size, clip_x0=clip_x0)
+    recon = decode(model, target.z, target.x_T, num_steps, batch_size, clip_x0=clip_x0)
     recon_acc = (classifier.predict(recon) == tgt_lab).mean(0)
     real_acc = (classifier.predict(x_tgt) == tgt_lab).mean(0)
 
-    # 3. one swap per group, decoded from the target's x_T
+    # 3. one swap per group: the target with the group's dims of the source, decoded from the target's x_T
+    swaps = counterfactuals(target, z_src, [g.mask(part.latent_dim) for g in groups], [1.0], x_T="keep")
     takes = np.full((len(groups), len(names)), np.nan)
     keeps = np.full((len(groups), len(names)), np.nan)
-    for g, group in enumerate(tqdm(groups, desc="fidelity groups", disable=not progress)):
-        mask = torch.as_tensor(group.mask(part.latent_dim), device=device)
-        z = torch.where(mask, z_src, z_tgt)
-        pred = classifier.predict(decode(model, z, xT_tgt, num_steps, batch_size, clip_x0=clip_x0))
+    for g in tqdm(range(len(groups)), desc="fidelity groups", disable=not progress):
+        pred = classifier.predict(swaps.decode_cell(model, g, 0, num_steps, batch_size, clip_x0=clip_x0))
         for f in range(len(names)):
             rows = differ[:, f]
             if rows.any():

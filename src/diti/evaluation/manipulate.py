@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .counterfactual import decode, invert
+from ..inference import decode, invert
 from .grids import save_image_grid
 
 DEFAULT_STRENGTHS = (-3.0, -1.5, 0.0, 1.5, 3.0)
@@ -259,10 +259,10 @@ def manipulation_grid(
     ``images`` (B, n, C, R, R), ``labels`` (n), ``strengths``, ``logits`` (n, B) of the edited codes and
     ``z`` (B, d).
     """
-    z, x_T = invert(model, images, num_steps, progress)
-    codes = edit_codes(z, result, strengths)  # (n, B, d)
+    inv = invert(model, images, num_steps, progress)
+    codes = edit_codes(inv.z, result, strengths)  # (n, B, d)
     columns = [
-        decode(model, c, x_T, num_steps, clip_x0=clip_x0)
+        decode(model, c, inv.x_T, num_steps, clip_x0=clip_x0)
         for c in tqdm(codes, desc="strengths", disable=not progress, leave=False)
     ]
     return {
@@ -270,7 +270,7 @@ def manipulation_grid(
         "labels": [f"lambda={lam:g}" for lam in strengths],
         "strengths": [float(lam) for lam in strengths],
         "logits": np.stack([result.logits(c) for c in codes]),
-        "z": z,
+        "z": inv.z,
     }
 
 

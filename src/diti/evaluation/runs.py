@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..data import Attributes
+from ..inference import chunk_groups, dim_groups
 from ..training.checkpoint import latest_checkpoint
 from .features import encode_dataset, load_features, save_features
 from .probe import ProbeResult, linear_probe
@@ -176,33 +177,6 @@ def write_json(data: dict, path: str | Path) -> Path:
     return path
 
 
-def chunk_groups(partition, reference=None, num_slices: int = 8) -> list:
-    """The dim groups of the chunk-level metrics, as ``DimGroup``s (label, dim range, t-range).
-
-    ``reference``: the partition of the run this code is compared with (PDAE measured on the chunks of the
-    DiTi run beside it); it must have the same latent dim. Otherwise the partition's own chunks, or, for
-    k = 1 with no reference, ``num_slices`` equal slices of z (arbitrary for PDAE, whose dims act at every t).
-    Chunks without dims are left out.
-    """
-    from .counterfactual import DimGroup
-
-    source = reference if reference is not None else partition
-    if reference is not None and reference.latent_dim != partition.latent_dim:
-        raise ValueError(f"the reference partition has d = {reference.latent_dim} but the code has "
-                         f"d = {partition.latent_dim}")
-    if source.k == 1:
-        d = source.latent_dim
-        n = min(d, num_slices)
-        return [DimGroup(f"slice {g}: dims {int(dims[0])}-{int(dims[-1])} (k=1, all t)",
-                         (int(dims[0]), int(dims[-1]) + 1), None)
-                for g, dims in enumerate(np.array_split(np.arange(d), n))]
-    groups = []
-    for i, ((lo, hi), (t0, t1)) in enumerate(zip(source.chunk_dim_ranges, source.chunk_t_ranges, strict=True)):
-        if hi > lo:
-            groups.append(DimGroup(f"chunk {i}: t {t0}-{t1}, dims {lo}-{hi - 1}", (lo, hi), (t0, t1)))
-    return groups
-
-
 def disentangle_features(
     train: tuple[np.ndarray, Attributes], test: tuple[np.ndarray, Attributes], partition,
     protocol="reference", reference_partition=None, max_groups: int = 5, seed: int = 0,
@@ -223,7 +197,6 @@ def disentangle_features(
     share of importance per stage group and per chunk, and the probe accuracy from each stage group's dims.
     """
     from ..partition import Partition
-    from .counterfactual import dim_groups
     from .disentanglement import (
         Protocol,
         alignment,
