@@ -44,10 +44,11 @@ from diti.config import DiTiConfig, PretrainConfig, build_config
 from diti.data import generate_shapes
 from diti.evaluation.features import encode_dataset
 from diti.evaluation.runs import disentangle_features, probe_features, run_features
+from diti.folders import load_diti_run
 from diti.models.diti import DiTiModel
 from diti.models.dm import load_dm, shipped_dm
 from diti.partition import Partition, stages_from_crossings
-from diti.training.jobs import load_diti_run, pretrain, train_diti
+from diti.training.jobs import pretrain, train_diti
 
 ROOT = Path(__file__).resolve().parent
 # name -> (description, config overrides on top of the preset). "sg" = stop_grad. "diti-imb-sg" is built from

@@ -357,8 +357,8 @@ def data_loader_section(s: dict, device, tmp: Path) -> dict:
 def training_run_section(s: dict, device, tmp: Path) -> dict:
     from diti.config import DiTiConfig, build_config
     from diti.diffusion.schedule import NoiseSchedule
+    from diti.folders import latest_checkpoint, list_checkpoints
     from diti.models.dm import build_unet, save_dm
-    from diti.training.checkpoint import latest_checkpoint, list_checkpoints
     from diti.training.jobs import train_diti
 
     step_bench = runpy.run_path(str(BENCH / "train_step.py"))

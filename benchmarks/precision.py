@@ -25,8 +25,9 @@ import torch
 
 from diti.config import DiTiConfig, PretrainConfig, build_config
 from diti.data import generate_shapes
+from diti.folders import load_diti_run
 from diti.models.dm import shipped_dm
-from diti.training.jobs import load_diti_run, pretrain, train_diti
+from diti.training.jobs import pretrain, train_diti
 
 BENCH = Path(__file__).resolve().parent
 PRECISIONS = {"fp32": "no", "bf16": "bf16"}

@@ -36,10 +36,11 @@ from diti.data import generate_shapes
 from diti.evaluation.features import encode_dataset
 from diti.evaluation.fidelity import counterfactual_fidelity
 from diti.evaluation.runs import disentangle_features, factor_classifier, probe_features, run_features
+from diti.folders import load_diti_run
 from diti.models.diti import DiTiModel
 from diti.models.dm import load_dm, shipped_dm
 from diti.partition import Partition
-from diti.training.jobs import load_diti_run, pretrain, train_diti
+from diti.training.jobs import pretrain, train_diti
 
 _IMBALANCED_SG = ["partition.k=16", "partition.stages=[100,300,500,1000]", "partition.dims_per_stage=[8,24,16,16]",
                   "partition.mode=stop_grad"]

@@ -14,10 +14,10 @@ from diti.evaluation.attribute_loss import (
     AttributeLossResult,
     attribute_loss,
     attribute_loss_curve,
-    crossing,
     default_timesteps,
     find_pairs,
 )
+from diti.folders.results import crossing
 from diti.models.dm import load_dm
 
 

@@ -22,11 +22,11 @@ from conftest import quick_cfg
 from diti.config import DiTiConfig, build_config
 from diti.diffusion.schedule import NoiseSchedule
 from diti.errors import CheckpointSaveError
+from diti.folders import checkpoints as ckpt_module
+from diti.folders import latest_checkpoint, list_checkpoints, load_diti_run
 from diti.models.dm import load_dm, save_dm
 from diti.partition import Partition, chunk_first_timesteps
-from diti.training import checkpoint as ckpt_module
-from diti.training.checkpoint import latest_checkpoint, list_checkpoints
-from diti.training.jobs import load_diti_run, train_diti
+from diti.training.jobs import train_diti
 
 
 def snapshot(ckpt_dir):

@@ -28,8 +28,8 @@ from diti.evaluation.report.html import fmt_value
 from diti.evaluation.report.reading import OLD_PROTOCOL
 from diti.evaluation.report.results import _matrix_table
 from diti.evaluation.runs import disentangle_features
+from diti.folders import write_run_files
 from diti.partition import Partition
-from diti.training.run import write_run_files
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 NAMES = ["background_color", "shape", "texture"]

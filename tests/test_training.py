@@ -6,8 +6,8 @@ from safetensors.torch import load_file
 
 from conftest import quick_cfg
 from diti.errors import TrainingDiverged
-from diti.training.checkpoint import latest_checkpoint, list_checkpoints
-from diti.training.jobs import load_diti_run, train_diti
+from diti.folders import latest_checkpoint, list_checkpoints, load_diti_run
+from diti.training.jobs import train_diti
 from diti.training.randomness import GlobalBatchSampler, global_batch_indices, step_noise
 
 

@@ -29,14 +29,15 @@ from .evaluation.figures import plot_attribute_loss
 from .evaluation.report import write_report
 from .evaluation.runs import (
     disentangle_features,
-    eval_dir,
     factor_classifier,
-    plot_alignment,
     probe_features,
     run_features,
+    write_disentangle,
 )
+from .folders import eval_dir, load_diti_run
+from .folders.layout import CONFIG, COUNTERFACTUAL_PNG
 from .models.dm import load_dm, shipped_dm
-from .training.jobs import load_diti_run, pretrain, train_diti
+from .training.jobs import pretrain, train_diti
 
 METHODS = {"DiTi": [], "PDAE": ["partition.k=1"]}
 
@@ -87,7 +88,7 @@ def run_demo(out: str | Path, data_seed: int = 0, steps: int | None = None, quic
         dm = shipped_dm(s["dm"]) if s["dm"] else None
         if dm is None:
             cfg = build_config(PretrainConfig, s["preset"], overrides=[f"data.path={json.dumps(str(data))}", *extra])
-            dm = pretrain(cfg, out / "dm-run", resume=(out / "dm-run" / "config.yaml").is_file())
+            dm = pretrain(cfg, out / "dm-run", resume=(out / "dm-run" / CONFIG).is_file())
         typer.echo(f"   frozen DM: {dm}")
 
     runs: dict[str, Path] = {}
@@ -97,7 +98,7 @@ def run_demo(out: str | Path, data_seed: int = 0, steps: int | None = None, quic
                 f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}",
                 f"train.progress={str(s['progress']).lower()}", *overrides, *train_extra])
             run = out / method.lower()
-            runs[method] = train_diti(cfg, run, resume=(run / "config.yaml").is_file())
+            runs[method] = train_diti(cfg, run, resume=(run / CONFIG).is_file())
 
     models = {m: load_diti_run(run) for m, run in runs.items()}
     cfg = models["DiTi"][1]
@@ -112,7 +113,7 @@ def run_demo(out: str | Path, data_seed: int = 0, steps: int | None = None, quic
             train = run_features(model, cfg, run, data, "train", progress=s["progress"])
             test = run_features(model, cfg, run, data, "test", progress=s["progress"])
             probe = probe_features(train, test, task="multiclass")
-            (eval_dir(run) / "probe.json").write_text(json.dumps(probe.to_dict(), indent=2))
+            probe.write(eval_dir(run))
             results["methods"][method] = {"run": str(run), "probe": probe.to_dict(),
                                           "partition": model.partition.describe(),
                                           "chunk_of_t": list(model.partition.chunk_of_t)}
@@ -130,15 +131,14 @@ def run_demo(out: str | Path, data_seed: int = 0, steps: int | None = None, quic
             ref = models["DiTi"][0].partition if model.partition.k == 1 else None
             dis = disentangle_features(train, test, model.partition, protocol=s["protocol"], reference_partition=ref,
                                        max_groups=max(model.partition.k, 4), progress=s["progress"])
-            (eval_dir(run) / "disentangle.json").write_text(json.dumps(dis, indent=2))
-            plot_alignment(dis, eval_dir(run) / "alignment.png", method)
+            write_disentangle(dis, eval_dir(run), method)
             results["methods"][method]["disentangle"] = {
                 k: dis[k] for k in ("protocol", "dci", "mig", "factor_vae", "chunk_level", "alignment")}
 
     with timer("counterfactuals"):
         for method, run in runs.items():
             model, cfg = models[method]
-            standard_counterfactual_figure(model, cfg.data.open("test"), eval_dir(run) / "counterfactual.png",
+            standard_counterfactual_figure(model, cfg.data.open("test"), eval_dir(run) / COUNTERFACTUAL_PNG,
                                            num_pairs=s["pairs"], num_steps=s["cf_steps"], title=f"{method}")
 
     with timer("fidelity"):
@@ -150,9 +150,10 @@ def run_demo(out: str | Path, data_seed: int = 0, steps: int | None = None, quic
         for method, run in runs.items():
             fid = counterfactual_fidelity(models[method][0], clf, test_set, num_pairs=s["fidelity_pairs"],
                                           num_steps=s["fidelity_steps"], progress=s["progress"])
-            (eval_dir(run) / "fidelity.json").write_text(json.dumps({**fid.to_dict(), "classifier": info}, indent=2))
-            plot_fidelity(fid, eval_dir(run) / "fidelity.png", title=method)
             results["methods"][method]["fidelity"] = fid.to_dict()
+            fid.classifier = info
+            fid.write(eval_dir(run))
+            plot_fidelity(fid, eval_dir(run) / fid.FIGURE, title=method)
 
     with timer("attribute loss"):
         dm_eval = out / "dm-eval"
@@ -160,8 +161,8 @@ def run_demo(out: str | Path, data_seed: int = 0, steps: int | None = None, quic
         schedule = cfg.diffusion.build()
         al = attribute_loss(load_dm(dm, schedule), schedule, train_set, max_pairs=s["al_pairs"],
                             progress=s["progress"])
-        (dm_eval / "attribute_loss.json").write_text(json.dumps(al.to_dict(), indent=2))
-        plot_attribute_loss(al.to_dict(), dm_eval / "attribute_loss.png")
+        al.write(dm_eval)
+        plot_attribute_loss(al.to_dict(), dm_eval / al.FIGURE)
         results["attribute_loss"] = {"crossing_t": al.crossing_t, "order": al.order, "threshold": al.threshold}
 
     results["elapsed_s"] = dict(timer.times)

@@ -36,15 +36,15 @@ from ..data.images import Box
 from ..evaluation import counterfactual as cf
 from ..evaluation import manipulate as pm
 from ..evaluation.features import encode_dataset
+from ..folders import RESULTS, Result, SavedProbMask, load_model
+from ..folders.files import write_json
+from ..folders.layout import CHECKPOINTS, EVAL
 from ..inference import DimGroup, Inversion
 from ..models.diti import DiTiModel
 from ..partition import Partition
-from ..training.checkpoint import latest_checkpoint
 from .images import check_output_type, from_model_output, to_model_input
 
 DEFAULT_STEPS = 100
-# evaluation results a run (or an export) may hold in eval/; read defensively: their schema may grow keys
-METRIC_FILES = ("probe.json", "disentangle.json", "fidelity.json")
 
 
 class DiTiPipeline:
@@ -79,26 +79,9 @@ class DiTiPipeline:
         it is not where the run says; nothing is downloaded. ``ema``: the EMA weights (default) or the raw ones
         (run folders only; an export holds the weights it was written with).
         """
-        from . import export
-
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"model folder not found: {path}")
-        if export.is_export(path):
-            if not ema:
-                raise ValueError(f"{path} is an exported model: it holds only the weights it was exported with")
-            model, cfg, index = export.read_export(path, device, dm)
-            return cls(model, cfg, path, index.get("checkpoint"), index.get("weights", "ema"))
-        if not (path / "meta.json").is_file():
-            raise ValueError(
-                f"{path} is not a diti run folder (no meta.json) nor a model folder written by `diti export` (no "
-                "model_index.json)"
-            )
-        from ..training.jobs import load_diti_run
-
-        model, cfg = load_diti_run(path, device=device, ema=ema, dm=dm)
-        ckpt = latest_checkpoint(path / "checkpoints")
-        return cls(model, cfg, path, ckpt.name if ckpt else None, "ema" if ema else "raw", _detect(cfg))
+        loaded = load_model(path, device=device, ema=ema, dm=dm)
+        data_format = _detect(loaded.config) if loaded.layout == "run" else None
+        return cls(loaded.model, loaded.config, loaded.folder, loaded.checkpoint, loaded.weights, data_format)
 
     def save_pretrained(self, out: str | Path) -> Path:
         """Write a self-contained folder (``diti.api.export``) that ``from_pretrained`` opens anywhere."""
@@ -160,21 +143,38 @@ class DiTiPipeline:
         return f"DiTiPipeline({self.name!r}: {self.describe()})"
 
     @property
-    def metrics(self) -> dict[str, dict]:
-        """The measured figures the folder holds in eval/ (probe, disentangle, fidelity), by name.
-
-        Files that are missing, unreadable or not a JSON object are left out.
-        """
+    def results(self) -> dict[type[Result], Result]:
+        """The measured results the folder holds in eval/ that an export carries (probe, disentangle, fidelity),
+        typed (``diti.folders.results``), by class. Files that are missing or unreadable are left out."""
         out = {}
-        for name in METRIC_FILES:
-            data = _read_json(self.source / "eval" / name) if self.source is not None else None
+        for cls in RESULTS:
+            if cls.OF != "model" or self.source is None:
+                continue
+            try:
+                result = cls.read(self.source / EVAL)
+            except ValueError:
+                continue
+            if result is not None:
+                out[cls] = result
+        return out
+
+    @property
+    def metrics(self) -> dict[str, dict]:
+        """The same files as ``results``, as the JSON they hold (keys a later diti may add included), by name
+        ("probe", "disentangle", "fidelity"). Files that are missing, unreadable or not a JSON object are left
+        out."""
+        out = {}
+        for cls in RESULTS:
+            if cls.OF != "model" or self.source is None:
+                continue
+            data = _read_json(self.source / EVAL / cls.FILE)
             if isinstance(data, dict):
-                out[name.removesuffix(".json")] = data
+                out[cls.FILE.removesuffix(".json")] = data
         return out
 
     def figure(self, name: str) -> Path | None:
         """The path of a figure the folder holds in eval/ (e.g. "alignment.png"), or None."""
-        path = self.source / "eval" / name if self.source is not None else None
+        path = self.source / EVAL / name if self.source is not None else None
         return path if path is not None and path.is_file() else None
 
     # ------------------------------------------------------------------------------------------------
@@ -352,7 +352,7 @@ class DiTiPipeline:
     # Attribute manipulation (ProbMask)
     def features(self, data: str | Path, split: str = "train", progress: bool = False):
         """(z (N, d), Attributes or None) of a data split; cached in RUN/eval/features/ for a run folder."""
-        if self.source is not None and (self.source / "checkpoints").is_dir():
+        if self.source is not None and (self.source / CHECKPOINTS).is_dir():
             from ..evaluation.runs import run_features
 
             return run_features(self.model, self.config, self.source, data, split, self.device, progress=progress)
@@ -393,21 +393,19 @@ class DiTiPipeline:
         return result
 
     def _saved_probmask(self, attribute: str, target_class: int | None, d_prime: int) -> pm.ProbMaskResult | None:
-        data = _read_json(self.source / "eval" / f"manipulate-{attribute}.json") if self.source else None
+        saved = SavedProbMask.read(self.source / EVAL / SavedProbMask.file(attribute)) if self.source else None
         target = "label == 1" if target_class is None else f"class {target_class} vs rest"
-        if not isinstance(data, dict) or data.get("checkpoint") != self.checkpoint or self.checkpoint is None:
+        if saved is None or saved.checkpoint != self.checkpoint or self.checkpoint is None:
             return None  # a direction fitted on other weights (or of unknown origin) would edit the wrong dims
-        if data.get("target") != target or data.get("d_prime") != d_prime:
+        if saved.target != target or saved.d_prime != d_prime:
             return None
-        result = pm.ProbMaskResult.from_dict(data)
+        result = pm.ProbMaskResult.from_dict(saved.direction)
         return result if len(result.weights) == self.latent_dim else None
 
     def save_probmask(self, result: pm.ProbMaskResult, path: str | Path, **extra) -> Path:
         """Write a ProbMask result as JSON with the checkpoint it belongs to (what ``probmask`` reads back), plus
         ``extra`` keys (e.g. how the figure beside it was decoded)."""
-        path = Path(path)
-        path.write_text(json.dumps({**result.to_dict(), **extra, "checkpoint": self.checkpoint}, indent=2))
-        return path
+        return write_json(SavedProbMask(result.to_dict(), self.checkpoint, extra).to_dict(), path)
 
     def manipulate(
         self,

@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 from ..api import DiTiPipeline, Inversion
-from ..api.export import alignment_table, disentangle_markdown, probe_markdown
+from ..evaluation.markdown import alignment_table, disentangle_markdown, probe_markdown
+from ..folders.results import DisentangleResult, ProbeResult
 
 DEFAULT_STEPS = 25
 DISPLAY = 160  # px: decoded images are upscaled (nearest neighbour) to this size for the page
@@ -135,14 +136,14 @@ class Explorer:
         return header, rows
 
     def measured_markdown(self) -> str:
-        metrics = self.model.metrics
-        parts = [probe_markdown(metrics.get("probe")), disentangle_markdown(metrics.get("disentangle"))]
+        results = self.model.results
+        parts = [probe_markdown(results.get(ProbeResult)), disentangle_markdown(results.get(DisentangleResult))]
         text = "\n\n".join("\n".join(p) for p in parts if p)
         return text or ("This run has no measured figures yet (`diti probe RUN --data DIR` and "
                         "`diti disentangle RUN --data DIR` write them).")
 
     def alignment(self) -> tuple[list[str], list[list[str]]] | None:
-        return alignment_table(self.model.metrics.get("disentangle"))
+        return alignment_table(self.model.results.get(DisentangleResult))
 
     def gallery(self) -> list[tuple[np.ndarray, str]]:
         """The first ``gallery_size`` images of the data set, upscaled for display, captioned with their index."""
@@ -348,7 +349,7 @@ def build_app(model: DiTiPipeline, dataset=None, steps: int = DEFAULT_STEPS, exp
             gr.Dataframe(value=rows, headers=header, interactive=False, elem_id="partition")
         with gr.Accordion("measured figures of this run", open=True):
             gr.Markdown(ex.measured_markdown(), elem_id="measured")
-            figure = model.figure("alignment.png")
+            figure = model.figure(DisentangleResult.FIGURE)
             if figure is not None:
                 gr.Image(str(figure), label="partition-factor alignment", interactive=False, elem_id="alignment")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from ..config import DiTiConfig, build_config
+from ..folders.layout import CONFIG
 from .common import int_list
 
 
@@ -58,7 +59,7 @@ def partition(
         typer.echo(json.dumps(placed.to_json()) if as_json else placed.format_text())
         return
     if run is not None:
-        config = Path(run) / "config.yaml"
+        config = Path(run) / CONFIG
     overrides = []
     for key, value in (("latent_dim", latent_dim), ("k", k)):
         if value is not None:

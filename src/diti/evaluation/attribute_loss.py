@@ -25,13 +25,13 @@ reconstruction is strictly closer to the other image, and a tie (e.g. a DM that 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..diffusion.schedule import NoiseSchedule
+from ..folders.results import AttributeLossResult
 
 # eps_theta(x_t, t) -> eps, or a module whose output has ``.sample`` (a diffusers UNet2DModel)
 EpsModel = Callable[[torch.Tensor, torch.Tensor], object]
@@ -220,78 +220,6 @@ def attribute_loss_curve(
 # ----------------------------------------------------------------------------------------------------
 # Every factor of a data set
 # ----------------------------------------------------------------------------------------------------
-@dataclass
-class AttributeLossResult:
-    """Err(t) per factor, the first t where it reaches ``threshold``, and the factors ordered by that t.
-
-    ``crossing_t[f]``: the first grid time-step with Err >= threshold (None if never);
-    ``crossing_t_interp[f]``: the same point linearly interpolated between grid time-steps (ranks factors that
-    cross at the same grid step). ``stderr``: standard error over pairs. ``skipped``: factors without a pair.
-    """
-
-    timesteps: list[int]
-    factors: list[str]
-    curves: dict[str, list[float]]
-    stderr: dict[str, list[float]]
-    num_pairs: dict[str, int]
-    threshold: float
-    num_noise: int
-    seed: int
-    clip: bool = False
-    crossing_t: dict[str, int | None] = field(default_factory=dict)
-    crossing_t_interp: dict[str, float | None] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name in self.factors:
-            if name not in self.crossing_t:
-                self.crossing_t[name], self.crossing_t_interp[name] = crossing(
-                    self.timesteps, self.curves[name], self.threshold
-                )
-
-    @property
-    def order(self) -> list[str]:
-        """Factors by the time-step at which they are lost (earliest first; never-crossing last)."""
-        def key(name: str) -> tuple[float, int]:
-            t = self.crossing_t_interp.get(name)
-            return (float("inf") if t is None else t, self.factors.index(name))
-
-        return sorted(self.factors, key=key)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "order": self.order}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> AttributeLossResult:
-        keys = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in keys})
-
-    def format_table(self) -> str:
-        width = max(6, *(len(n) for n in self.factors)) if self.factors else 6
-        lines = [f"{'factor':<{width}}  {'pairs':>5}  {'cross t':>7}  {'Err(0)':>6}  {'Err(T-1)':>8}"]
-        for name in self.order:
-            t = self.crossing_t[name]
-            curve = self.curves[name]
-            lines.append(f"{name:<{width}}  {self.num_pairs[name]:>5}  {'never' if t is None else t:>7}  "
-                         f"{curve[0]:>6.3f}  {curve[-1]:>8.3f}")
-        lines.append(f"(Err >= {self.threshold:g}; t grid {self.timesteps[0]}..{self.timesteps[-1]}, "
-                     f"{len(self.timesteps)} steps, {self.num_noise} noise draws per image)")
-        for name, why in self.skipped.items():
-            lines.append(f"skipped {name}: {why}")
-        return "\n".join(lines)
-
-
-def crossing(timesteps: Sequence[int], curve: Sequence[float], threshold: float) -> tuple[int | None, float | None]:
-    """(first grid t with curve >= threshold, the linearly interpolated crossing t), or (None, None)."""
-    for i, (t, v) in enumerate(zip(timesteps, curve, strict=True)):
-        if v >= threshold:
-            if i == 0:
-                return int(t), float(t)
-            t0, v0 = timesteps[i - 1], curve[i - 1]
-            return int(t), float(t0 + (threshold - v0) / (v - v0) * (t - t0))
-    return None, None
-
-
 def attribute_loss(
     dm: EpsModel,
     schedule: NoiseSchedule,

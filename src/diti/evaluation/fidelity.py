@@ -26,7 +26,6 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import open_dataset
+from ..folders.results import FidelityResult
 from ..inference import DimGroup, Inversion, counterfactuals, decode, dim_groups, invert
 from .counterfactual import random_pairs
 
@@ -235,78 +235,6 @@ def train_factor_classifier(
 # ----------------------------------------------------------------------------------------------------
 # Counterfactual fidelity
 # ----------------------------------------------------------------------------------------------------
-@dataclass
-class FidelityResult:
-    """What each dim group transfers; see the module docstring for the definitions."""
-
-    factor_names: list[str]
-    group_labels: list[str]
-    group_dim_ranges: list[tuple[int, int]]  # [start, end)
-    group_t_ranges: list[tuple[int, int] | None]  # inclusive; None for PDAE's dim groups
-    takes_source: np.ndarray  # (G, F)
-    keeps_target: np.ndarray  # (G, F)
-    num_differ: np.ndarray  # (F,) pairs whose source and target differ in each factor
-    reconstruction_accuracy: np.ndarray  # (F,) the ceiling: accuracy on plain DDIM reconstructions
-    real_accuracy: np.ndarray  # (F,) accuracy on the real target images
-    num_pairs: int
-    num_steps: int
-    seed: int
-    clip_x0: bool = False  # decodings clipped their predicted x_0 to [-1, 1] at every step
-
-    def to_dict(self) -> dict:
-        """JSON-ready: arrays as nested lists, NaN as None."""
-
-        def clean(a):
-            return (
-                [clean(x) for x in a]
-                if isinstance(a, (list, np.ndarray))
-                else (None if isinstance(a, float) and math.isnan(a) else a)
-            )
-
-        return {
-            "factor_names": list(self.factor_names),
-            "group_labels": list(self.group_labels),
-            "group_dim_ranges": [list(r) for r in self.group_dim_ranges],
-            "group_t_ranges": [None if r is None else list(r) for r in self.group_t_ranges],
-            "takes_source": clean(self.takes_source.tolist()),
-            "keeps_target": clean(self.keeps_target.tolist()),
-            "num_differ": [int(n) for n in self.num_differ],
-            "reconstruction_accuracy": clean(self.reconstruction_accuracy.tolist()),
-            "real_accuracy": clean(self.real_accuracy.tolist()),
-            "num_pairs": self.num_pairs,
-            "num_steps": self.num_steps,
-            "seed": self.seed,
-            "clip_x0": self.clip_x0,
-            "definitions": {
-                "takes_source": "P(pred == source value | source and target differ in the factor)",
-                "keeps_target": "P(pred == target value | source and target differ in the factor)",
-                "reconstruction_accuracy": "accuracy on DDIM reconstructions of the targets (ceiling)",
-            },
-        }
-
-    def format_table(self) -> str:
-        width = max(12, *(len(n) for n in self.factor_names))
-        label_w = max(len(g) for g in [*self.group_labels, "reconstruction (ceiling)"])
-        lines = []
-        for title, m in (("takes source", self.takes_source), ("keeps target", self.keeps_target)):
-            lines.append(
-                f"{title:<{label_w}}  " + "  ".join(f"{n[:width]:>{width}}" for n in self.factor_names)
-            )
-            for label, row in zip(self.group_labels, m, strict=True):
-                lines.append(f"{label:<{label_w}}  " + "  ".join(f"{v:>{width}.3f}" for v in row))
-            lines.append(
-                f"{'reconstruction (ceiling)':<{label_w}}  "
-                + "  ".join(f"{v:>{width}.3f}" for v in self.reconstruction_accuracy)
-            )
-            lines.append("")
-        lines.append(
-            f"{self.num_pairs} pairs, {self.num_steps} DDIM steps{', x0 clipped' if self.clip_x0 else ''}, "
-            f"seed {self.seed}; pairs differing per "
-            f"factor: {', '.join(str(int(n)) for n in self.num_differ)}"
-        )
-        return "\n".join(lines)
-
-
 @torch.no_grad()
 def counterfactual_fidelity(
     model,

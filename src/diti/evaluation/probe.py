@@ -19,44 +19,17 @@ Means are unweighted over attributes.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import numpy as np
 import torch
 from sklearn.metrics import average_precision_score
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..folders.results import SELECTION_METRIC, ProbeResult
+
 TASKS = ("multiclass", "binary", "regression")
-SELECTION_METRIC = {"multiclass": "accuracy", "binary": "ap", "regression": "pearson_r"}
 DEFAULT_STEPS = 5000  # matches sklearn's LogisticRegression within 0.01 on 3,000-row 10-class problems (tests)
 EVAL_STEPS = 50  # with a step budget, the validation split is scored about this often
-
-
-@dataclass
-class ProbeResult:
-    task: str
-    names: list[str]
-    per_attribute: dict[str, dict[str, float]]
-    mean: dict[str, float]
-    best_epoch: int
-    valid_curve: list[float] = field(default_factory=list)  # selection metric on the valid split, per validation
-    budget: dict = field(default_factory=dict)  # epochs / steps asked for, epochs run, whether it stopped early
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def format_table(self) -> str:
-        metrics = list(next(iter(self.per_attribute.values())))
-        width = max(9, *(len(n) for n in self.names))
-        lines = [f"{'attribute':<{width}}  " + "  ".join(f"{m:>9}" for m in metrics)]
-        for name in self.names:
-            lines.append(f"{name:<{width}}  " + "  ".join(f"{self.per_attribute[name][m]:>9.4f}" for m in metrics))
-        lines.append(f"{'mean':<{width}}  " + "  ".join(f"{self.mean[m]:>9.4f}" for m in metrics))
-        run = f" of {self.budget['epochs_run']} run" if self.budget else ""
-        lines.append(f"(epoch {self.best_epoch}{run} chosen on the validation split by mean "
-                     f"{SELECTION_METRIC[self.task]})")
-        return "\n".join(lines)
 
 
 def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

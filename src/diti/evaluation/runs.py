@@ -1,6 +1,7 @@
-"""Evaluation of a trained run: cached features per split, and the probe job behind ``diti probe``.
+"""Evaluation jobs on a trained run: cached features per split, and the probe, disentanglement, fidelity and
+attribute-loss jobs behind ``diti probe``, ``diti disentangle``, ``diti fidelity`` and ``diti attribute-loss``.
 
-Results go to ``RUN/eval/`` (``probe.json``, ``disentangle.json``, figures), where ``diti report`` finds them.
+Results go to ``RUN/eval/`` (their files: ``diti.folders.results``), where ``diti report`` finds them.
 Features are cached in ``RUN/eval/features/<split>[-flip].npy`` with a sidecar naming the data set, split
 and checkpoint they came from; a cache that does not match is recomputed.
 """
@@ -14,18 +15,12 @@ import numpy as np
 import torch
 
 from ..data import Attributes
+from ..folders import DisentangleResult, ProbeResult, eval_dir, latest_checkpoint, load_diti_run
+from ..folders.files import write_json
+from ..folders.layout import CHECKPOINTS, CONFIG, DM, FACTOR_CLASSIFIER, FEATURES
 from ..inference import chunk_groups, dim_groups
-from ..training.checkpoint import latest_checkpoint
 from .features import encode_dataset, load_features, save_features
-from .probe import ProbeResult, linear_probe
-
-EVAL_DIR = "eval"
-
-
-def eval_dir(run: str | Path) -> Path:
-    path = Path(run) / EVAL_DIR
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+from .probe import linear_probe
 
 
 def probe_task(attributes: Attributes) -> str:
@@ -65,10 +60,10 @@ def run_features(
     """z of every image of ``data``/``split`` with the run's encoder, cached in RUN/eval/features/
     (``dataset``: that split already opened)."""
     dataset = cfg.data.open(split, data) if dataset is None else dataset
-    ckpt = latest_checkpoint(Path(run) / "checkpoints")
+    ckpt = latest_checkpoint(Path(run) / CHECKPOINTS)
     key = {"data": str(Path(data).resolve()), "split": split, "flipped": flipped,
            "checkpoint": ckpt.name if ckpt else None, "n": len(dataset)}
-    folder = eval_dir(run) / "features"
+    folder = eval_dir(run) / FEATURES
     folder.mkdir(exist_ok=True)
     stem = split + ("-flip" if flipped else "")
     path, meta = folder / f"{stem}.npy", folder / f"{stem}.json"
@@ -142,8 +137,6 @@ def probe_run(
 ) -> ProbeResult:
     """Encode the splits with the run's EMA encoder, probe, and write RUN/eval/probe.json (and ``out``, if
     given)."""
-    from ..training.jobs import load_diti_run
-
     model, cfg = load_diti_run(run, device=device)
     sets = open_distinct_splits(cfg, data, [train_split, test_split, valid_split])
     feats = {s: run_features(model, cfg, run, data, s, device, progress=progress, dataset=ds)
@@ -152,7 +145,7 @@ def probe_run(
                            dataset=sets[train_split])[0] if hflip else None
     result = probe_features(feats[train_split], feats[test_split], feats.get(valid_split) if valid_split else None,
                             train_flipped=flipped, progress=progress, device=device, **probe_kwargs)
-    (eval_dir(run) / "probe.json").write_text(json.dumps(result.to_dict(), indent=2))
+    result.write(eval_dir(run))
     if out is not None:
         write_json(result.to_dict(), out)
     return result
@@ -169,20 +162,13 @@ def probe_saved(
     return result
 
 
-def write_json(data: dict, path: str | Path) -> Path:
-    """``data`` as indented JSON at ``path`` (its folder made if needed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2))
-    return path
-
-
 def disentangle_features(
     train: tuple[np.ndarray, Attributes], test: tuple[np.ndarray, Attributes], partition,
     protocol="reference", reference_partition=None, max_groups: int = 5, seed: int = 0,
     progress: bool = True, n_jobs: int | None = None, with_dci: bool = True, **probe_kwargs,
 ) -> dict:
-    """DCI, MIG, FactorVAE, their chunk- and stage-level versions, and the partition-attribute alignment.
+    """DCI, MIG, FactorVAE, their chunk- and stage-level versions, and the partition-attribute alignment: the
+    content of disentangle.json (``DisentangleResult.from_dict`` reads it typed).
 
     ``with_dci=False`` computes MIG and FactorVAE only (DCI's classifiers dominate the cost); the DCI, chunk
     level and alignment entries are then None.
@@ -196,6 +182,7 @@ def disentangle_features(
     groups for a one-stage partition), with DCI D and C computed over those groups. Alignment: each factor's
     share of importance per stage group and per chunk, and the probe accuracy from each stage group's dims.
     """
+    from ..folders.results import Alignment, ChunkLevel, DCIScores, FactorVAEScores, MIGScores
     from ..partition import Partition
     from .disentanglement import (
         Protocol,
@@ -235,12 +222,13 @@ def disentangle_features(
     fv = factor_vae_score(z_tr, f_tr, seed=seed, batch_size=proto.factor_vae_batch,
                           num_train_votes=proto.factor_vae_train_votes, num_eval_votes=proto.factor_vae_eval_votes,
                           num_variance_rows=proto.factor_vae_variance_rows)
-    common = {"factors": names, "mig": mig_result.to_dict(), "factor_vae": fv.to_dict()}
+    mig_scores = MIGScores.from_dict(mig_result.to_dict())
+    fv_scores = FactorVAEScores.from_dict(fv.to_dict())
     used = {**proto.to_dict(), "mig_rows": int(len(rows)), "mig_split": "train", "factor_vae_split": "train",
             "seed": seed, **({"chunk_reduction": reduced} if reduced else {})}
     if not with_dci:
-        return {"protocol": {**used, "dci": "not computed"}, **common, "num_train": None, "dci": None,
-                "importance": None, "chunk_level": None, "alignment": None}
+        return DisentangleResult({**used, "dci": "not computed"}, names, mig_scores, fv_scores, None, None, None,
+                                 None, None).to_dict()
     d = dci(z_tr, f_tr, z_te, f_te, seed=seed, progress=progress, max_train=proto.dci_max_train,
             max_test=proto.dci_max_test, n_jobs=n_jobs)
 
@@ -255,57 +243,49 @@ def disentangle_features(
         group_probe[g] = [res.per_attribute[n]["accuracy"] for n in names]
     chunk_level = grouped_dci(d.importance, chunk_ranges)
     stage_level = grouped_dci(d.importance, stage_ranges)
-    return {
-        "protocol": {**used, "dci_train_rows": d.num_train, "dci_test_rows": d.num_test,
-                     "gbt_seeding": f"GradientBoostingClassifier(random_state={seed}) for every factor"},
-        **common,
-        "num_train": d.num_train,
-        "dci": {k: v for k, v in d.to_dict().items() if k != "importance"},
-        "importance": d.importance.tolist(),
-        "chunk_level": {
-            "source": ("chunks of the reference partition" if reference_partition is not None and layout.k > 1
-                       else "the partition's chunks" if layout.k > 1 else "equal slices of z (k = 1)"),
-            "chunk_labels": [g.label for g in chunks],
-            "chunk_dim_ranges": [list(r) for r in chunk_ranges],
-            "chunk_importance": chunk_level["importance"],
-            "disentanglement": chunk_level["disentanglement"],
-            "completeness": chunk_level["completeness"],
-            "stage_labels": [g.label for g in stages],
-            "stage_dim_ranges": [list(r) for r in stage_ranges],
-            "stage_importance": stage_level["importance"],
-            "stage_disentanglement": stage_level["disentanglement"],
-            "stage_completeness": stage_level["completeness"],
-        },
-        "alignment": {
-            "group_labels": [g.label for g in stages],
-            "group_dim_ranges": [list(r) for r in stage_ranges],
-            "group_importance_share": alignment(d.importance, stage_ranges).tolist(),
-            "group_probe_accuracy": group_probe.tolist(),
-            "chunk_labels": [g.label for g in chunks],
-            "chunk_dim_ranges": [list(r) for r in chunk_ranges],
-            "chunk_importance_share": alignment(d.importance, chunk_ranges).tolist(),
-        },
-    }
+    return DisentangleResult(
+        protocol={**used, "dci_train_rows": d.num_train, "dci_test_rows": d.num_test,
+                  "gbt_seeding": f"GradientBoostingClassifier(random_state={seed}) for every factor"},
+        factors=names, mig=mig_scores, factor_vae=fv_scores, num_train=d.num_train,
+        dci=DCIScores.from_dict({k: v for k, v in d.to_dict().items() if k != "importance"}),
+        importance=d.importance.tolist(),
+        chunk_level=ChunkLevel(
+            source=("chunks of the reference partition" if reference_partition is not None and layout.k > 1
+                    else "the partition's chunks" if layout.k > 1 else "equal slices of z (k = 1)"),
+            chunk_labels=[g.label for g in chunks], chunk_dim_ranges=[list(r) for r in chunk_ranges],
+            chunk_importance=chunk_level["importance"], disentanglement=chunk_level["disentanglement"],
+            completeness=chunk_level["completeness"], stage_labels=[g.label for g in stages],
+            stage_dim_ranges=[list(r) for r in stage_ranges], stage_importance=stage_level["importance"],
+            stage_disentanglement=stage_level["disentanglement"], stage_completeness=stage_level["completeness"],
+        ),
+        alignment=Alignment(
+            group_labels=[g.label for g in stages], group_dim_ranges=[list(r) for r in stage_ranges],
+            group_importance_share=alignment(d.importance, stage_ranges).tolist(),
+            group_probe_accuracy=group_probe.tolist(), chunk_labels=[g.label for g in chunks],
+            chunk_dim_ranges=[list(r) for r in chunk_ranges],
+            chunk_importance_share=alignment(d.importance, chunk_ranges).tolist(),
+        ),
+    ).to_dict()
 
 
-def plot_alignment(result: dict, path: Path, title: str) -> Path:
+def plot_alignment(result: DisentangleResult, path: Path, title: str) -> Path:
     """Two heatmaps: importance share and probe accuracy per dim group (rows) and factor (columns)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    al = result["alignment"]
-    panels = [("share of DCI importance", al["group_importance_share"]), ("probe accuracy", al["group_probe_accuracy"])]
-    fig = Figure(figsize=(4 + 1.1 * len(result["factors"]), 1.2 + 0.9 * len(al["group_labels"]) * 2))
+    al = result.alignment
+    panels = [("share of DCI importance", al.group_importance_share), ("probe accuracy", al.group_probe_accuracy)]
+    fig = Figure(figsize=(4 + 1.1 * len(result.factors), 1.2 + 0.9 * len(al.group_labels) * 2))
     for p, (name, matrix) in enumerate(panels):
         ax = fig.add_subplot(2, 1, p + 1)
         m = np.asarray(matrix, dtype=float)
         ax.imshow(m, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         for (i, j), v in np.ndenumerate(m):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)
-        ax.set_yticks(range(len(al["group_labels"])), al["group_labels"], fontsize=7)
-        ax.set_xticks(range(len(result["factors"])), result["factors"] if p else [], rotation=30, ha="right",
+        ax.set_yticks(range(len(al.group_labels)), al.group_labels, fontsize=7)
+        ax.set_xticks(range(len(result.factors)), result.factors if p else [], rotation=30, ha="right",
                       fontsize=8)
         ax.set_title(f"{title}: {name}", fontsize=9)
     fig.tight_layout()
@@ -318,7 +298,7 @@ def partition_of(source: str | Path, latent_dim: int | None = None):
     from ..config import DiTiConfig, build_config
 
     source = Path(source)
-    config = source / "config.yaml" if source.is_dir() else source
+    config = source / CONFIG if source.is_dir() else source
     if not config.is_file():
         raise FileNotFoundError(f"no config found at {config} (give a run folder or a YAML config)")
     cfg = build_config(DiTiConfig, None, config, [])
@@ -328,42 +308,41 @@ def partition_of(source: str | Path, latent_dim: int | None = None):
     return part
 
 
-def write_disentangle(result: dict, out: Path, title: str) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "disentangle.json").write_text(json.dumps(result, indent=2))
-    plot_alignment(result, out / "alignment.png", title)
-    return result
+def write_disentangle(result: dict, out: Path, title: str) -> DisentangleResult:
+    """disentangle.json and alignment.png in ``out`` for a ``disentangle_features`` result; returns it typed."""
+    typed = DisentangleResult.from_dict(result)
+    typed.write(out)
+    plot_alignment(typed, out / DisentangleResult.FIGURE, title)
+    return typed
 
 
 def disentangle_run(
     run: str | Path, data: str | Path, train_split: str = "train", test_split: str = "test",
     device: str | torch.device = "cpu", progress: bool = True, reference: str | Path | None = None,
     out: str | Path | None = None, **kwargs,
-) -> dict:
+) -> DisentangleResult:
     """disentangle_features on the run's codes; writes RUN/eval/disentangle.json and alignment.png (and the same
     two files to the folder ``out``, if given).
 
     ``reference``: a run (or config) whose partition gives the dim groups of the chunk-level metrics (for a
     PDAE run compared with a DiTi run).
     """
-    from ..training.jobs import load_diti_run
-
     model, cfg = load_diti_run(run, device=device)
     sets = open_distinct_splits(cfg, data, [train_split, test_split])
     train = run_features(model, cfg, run, data, train_split, device, progress=progress, dataset=sets[train_split])
     test = run_features(model, cfg, run, data, test_split, device, progress=progress, dataset=sets[test_split])
     ref = partition_of(reference, model.partition.latent_dim) if reference is not None else None
     result = disentangle_features(train, test, model.partition, reference_partition=ref, progress=progress, **kwargs)
-    write_disentangle(result, eval_dir(run), Path(run).name)
+    typed = write_disentangle(result, eval_dir(run), Path(run).name)
     if out is not None:
         write_disentangle(result, Path(out), Path(run).name)
-    return result
+    return typed
 
 
 def disentangle_saved(
     features: str | Path, test_features: str | Path, out: str | Path, partition: str | Path | None = None,
     reference: str | Path | None = None, progress: bool = True, **kwargs,
-) -> dict:
+) -> DisentangleResult:
     """disentangle_features on saved codes (``diti encode`` files: .npy + attribute table), from any model.
 
     ``partition``: the run or config whose partition the codes follow (default: one chunk, k = 1, like PDAE);
@@ -383,26 +362,26 @@ def disentangle_saved(
     return write_disentangle(result, Path(out), Path(features).stem)
 
 
-def format_disentangle(result: dict) -> str:
-    dci_, mig_, fv, proto = result["dci"], result["mig"], result["factor_vae"], result["protocol"]
-    cl = result["chunk_level"]
-    chunk_c = "n/a (one group)" if cl["completeness"] is None else f"{cl['completeness']:.4f}"
+def format_disentangle(result: DisentangleResult) -> str:
+    """The numbers of a disentanglement result as text (what ``diti disentangle`` prints)."""
+    dci_, mig_, fv, proto, cl = result.dci, result.mig, result.factor_vae, result.protocol, result.chunk_level
+    chunk_c = "n/a (one group)" if cl.completeness is None else f"{cl.completeness:.4f}"
     lines = [
         f"protocol {proto['name']}: GBT fitted on {proto['dci_train_rows']} train codes, scored on "
         f"{proto['dci_test_rows']} test codes; MIG on {proto['mig_rows']} train codes; FactorVAE "
         f"{proto['factor_vae_train_votes']}/{proto['factor_vae_eval_votes']} votes",
-        f"DCI disentanglement {dci_['disentanglement']:.4f}  completeness {dci_['completeness']:.4f}  "
-        f"informativeness (test acc) {dci_['informativeness_test']:.4f}",
-        f"chunk level ({len(cl['chunk_labels'])} groups, {cl['source']}): disentanglement "
-        f"{cl['disentanglement']:.4f}  completeness {chunk_c}",
-        f"MIG {mig_['mig']:.4f}   FactorVAE score {fv['eval_accuracy']:.4f} ({fv['num_active_dims']} active dims)",
+        f"DCI disentanglement {dci_.disentanglement:.4f}  completeness {dci_.completeness:.4f}  "
+        f"informativeness (test acc) {dci_.informativeness_test:.4f}",
+        f"chunk level ({len(cl.chunk_labels)} groups, {cl.source}): disentanglement "
+        f"{cl.disentanglement:.4f}  completeness {chunk_c}",
+        f"MIG {mig_.mig:.4f}   FactorVAE score {fv.eval_accuracy:.4f} ({fv.num_active_dims} active dims)",
         "",
         "share of each factor's importance held by each dim group (rows) / probe accuracy from the group alone:",
     ]
-    al = result["alignment"]
-    width = max(len(label) for label in al["group_labels"])
-    lines.append(" " * width + "  " + "  ".join(f"{n[:12]:>12}" for n in result["factors"]))
-    for label, share, acc in zip(al["group_labels"], al["group_importance_share"], al["group_probe_accuracy"],
+    al = result.alignment
+    width = max(len(label) for label in al.group_labels)
+    lines.append(" " * width + "  " + "  ".join(f"{n[:12]:>12}" for n in result.factors))
+    for label, share, acc in zip(al.group_labels, al.group_importance_share, al.group_probe_accuracy,
                                  strict=True):
         cells = "  ".join(f"{s:>5.2f} / {a:.2f}" for s, a in zip(share, acc, strict=True))
         lines.append(f"{label:<{width}}  {cells}")
@@ -433,18 +412,18 @@ def fidelity_run(
     """Counterfactual fidelity of a run on data with known factors: writes RUN/eval/fidelity.json (with the
     factor classifier's scores) and fidelity.png. The classifier is read from ``classifier`` (default
     RUN/eval/factor_classifier.safetensors), or trained and saved there."""
-    from ..training.jobs import load_diti_run
     from .fidelity import counterfactual_fidelity, plot_fidelity
 
     model, cfg = load_diti_run(run, device=device)
     train_set, test_set = cfg.data.open("train", data), cfg.data.open("test", data)
-    clf, info = factor_classifier(classifier or eval_dir(run) / "factor_classifier.safetensors", train_set,
+    clf, info = factor_classifier(classifier or eval_dir(run) / FACTOR_CLASSIFIER, train_set,
                                   test_set, classifier_epochs, seed, device)
     result = counterfactual_fidelity(model, clf, test_set, num_pairs=num_pairs, num_steps=num_steps, seed=seed,
                                      max_groups=max_groups, clip_x0=clip_x0)
+    result.classifier = info
     out = eval_dir(run)
-    write_json({**result.to_dict(), "classifier": info}, out / "fidelity.json")
-    plot_fidelity(result, out / "fidelity.png", title=Path(run).name)
+    result.write(out)
+    plot_fidelity(result, out / result.FIGURE, title=Path(run).name)
     return result
 
 
@@ -457,13 +436,13 @@ def attribute_loss_run(
     schedule are used)."""
     from ..config import DiffusionConfig, DiTiConfig
     from ..data import open_dataset
+    from ..folders import is_run, read_run_config
     from ..models.dm import dm_resolution, load_dm
-    from ..training.run import read_run_config
     from .attribute_loss import attribute_loss
     from .figures import plot_attribute_loss
 
     dm, diffusion = Path(dm), DiffusionConfig()
-    if (dm / "meta.json").is_file() and (dm / "config.yaml").is_file() and not (dm / "dm").is_dir():
+    if is_run(dm) and (dm / CONFIG).is_file() and not (dm / DM).is_dir():
         run_cfg = read_run_config(dm, DiTiConfig)
         dm, diffusion = Path(run_cfg.dm), run_cfg.diffusion
     schedule = diffusion.build()
@@ -471,7 +450,6 @@ def attribute_loss_run(
     dataset = open_dataset(data, split, dm_resolution(unet))
     result = attribute_loss(unet, schedule, dataset, max_pairs=max_pairs, num_noise=num_noise, threshold=threshold,
                             seed=seed, device=device, progress=True)
-    out = Path(out)
-    write_json(result.to_dict(), out / "attribute_loss.json")
-    plot_attribute_loss(result.to_dict(), out / "attribute_loss.png")
+    result.write(out)
+    plot_attribute_loss(result.to_dict(), Path(out) / result.FIGURE)
     return result

@@ -52,9 +52,10 @@ class DiTiModel(nn.Module):
             self.register_buffer(name, mask.clone(), persistent=False)
 
     @classmethod
-    def from_config(cls, cfg: DiTiConfig, dm: UNet2DModel) -> DiTiModel:
-        """The one factory from a (validated) config and a loaded DM to the model."""
-        schedule = cfg.diffusion.build()
+    def from_config(cls, cfg: DiTiConfig, dm: UNet2DModel, schedule: NoiseSchedule | None = None) -> DiTiModel:
+        """The one factory from a (validated) config and a loaded DM to the model; ``schedule``: the config's
+        noise schedule when the caller has built it already (None: built here)."""
+        schedule = cfg.diffusion.build() if schedule is None else schedule
         resolution = cfg.data.resolution or dm_resolution(dm)
         if resolution != dm_resolution(dm):
             raise ValueError(f"data.resolution={resolution} but the DM was trained at {dm_resolution(dm)}")

@@ -15,13 +15,12 @@ from diffusers import UNet2DModel
 from ..config import build_config
 from ..config.loader import ConfigError, read_yaml, to_dict
 from ..config.schema import DiTiConfig, PretrainConfig
+from ..folders.layout import CONFIG, read_meta, read_run_config, write_run_files
 from ..models.ddpm import DDPMObjective
 from ..models.diti import DiTiModel
 from ..models.dm import build_unet, dm_resolution, load_dm, save_dm
-from .checkpoint import latest_checkpoint, load_tensors
 from .partition_rule import resolve_partition_rule
 from .precision import resolve_mixed_precision
-from .run import read_meta, read_run_config, write_run_files
 from .timesteps import build_sampler
 from .trainer import Trainer
 
@@ -49,7 +48,7 @@ def job_config(
         extra.append(f"train.steps={steps}")
     if dm is not None:
         extra.append(f"dm={json.dumps(str(dm))}")
-    saved = Path(out) / "config.yaml"
+    saved = Path(out) / CONFIG
     base = read_yaml(saved) if resume and saved.is_file() and preset is None and file is None else None
     return build_config(cls, preset, file, extra, base=base)
 
@@ -61,7 +60,7 @@ def prepare_run_folder(out: Path, kind: str, cfg, resume: bool):
     from ``cfg``.
     """
     out = Path(out)
-    has_run = (out / "config.yaml").is_file()
+    has_run = (out / CONFIG).is_file()
     if has_run and not resume:
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
     if not has_run:
@@ -144,7 +143,7 @@ def train_diti(cfg: DiTiConfig, out: str | Path, resume: bool = False) -> Path:
     dataset = cfg.data.open()
     check_data_fits_dm(dataset, dm)
     torch.manual_seed(cfg.train.seed)  # initial weights from the config's seed, never the clock
-    model = DiTiModel.from_config(cfg, dm)
+    model = DiTiModel.from_config(cfg, dm, schedule)
     obj = cfg.objective
     sampling, draws = obj.timestep_sampling, obj.draws_per_image
     # Fixed distributions with one draw per image are drawn by the loader (t_probs); importance sampling and
@@ -171,30 +170,3 @@ def check_data_fits_dm(dataset, dm: UNet2DModel) -> None:
             f"the data ({channels} channels, {dataset.resolution}px) does not fit the DM "
             f"({dm.config.in_channels} channels, {dm_resolution(dm)}px)"
         )
-
-
-def load_diti_run(
-    run: str | Path, device: str | torch.device = "cpu", ema: bool = True, dm: str | Path | None = None
-) -> tuple[DiTiModel, DiTiConfig]:
-    """A trained DiTi/PDAE model (EMA weights by default, eval mode) and its config, from a run folder.
-
-    ``dm``: the frozen DM's folder when it is no longer where the run's config says (e.g. a run copied from
-    another machine, with a downloaded diffusers DM folder); the returned config then points to it.
-    """
-    run = Path(run)
-    read_meta(run, "diti")
-    cfg = read_run_config(run, DiTiConfig)
-    ckpt = latest_checkpoint(run / "checkpoints")
-    if ckpt is None:
-        raise FileNotFoundError(f"{run} has no checkpoint yet")
-    if dm is not None:
-        cfg.dm = str(Path(dm).expanduser().resolve())
-    elif cfg.dm is None or not Path(cfg.dm).exists():
-        raise FileNotFoundError(
-            f"the frozen DM of {run} is not found at {cfg.dm} (its config.yaml's dm); give its folder "
-            f"(a diffusers UNet2DModel or pipeline folder) with dm=... (diti.load) or --dm"
-        )
-    schedule = cfg.diffusion.build()
-    model = DiTiModel.from_config(cfg, load_dm(cfg.dm, schedule))
-    model.load_trainable_state_dict(load_tensors(ckpt / ("ema.safetensors" if ema else "model.safetensors")))
-    return model.to(device).eval(), cfg

@@ -69,7 +69,7 @@ def removed_loss_curve(
     Uses the run's EMA weights. Returns {"t_grid", "removed_grid", "removed_loss" (T values), "images",
     "stride", "run"}.
     """
-    from .jobs import load_diti_run
+    from ..folders import load_diti_run
 
     model, cfg = load_diti_run(run, device=device)
     dataset = cfg.data.open(path=data) if data is not None else cfg.data.open()

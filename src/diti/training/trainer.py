@@ -35,7 +35,9 @@ from tqdm.auto import tqdm
 
 from ..config.schema import TrainConfig
 from ..errors import CheckpointSaveError, TrainingDiverged
-from .checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..folders.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..folders.files import atomic_write_text
+from ..folders.layout import CHECKPOINTS, LOSS_PER_T, METRICS
 from .ema import EMA
 from .loader import StepBatches, StepBatchSampler, default_num_workers, step_loader
 from .randomness import seed_step
@@ -84,7 +86,7 @@ class Trainer:
         self.dataset = dataset
         self.timesteps = timesteps
         self.out = Path(out)
-        self.ckpt_dir = self.out / "checkpoints"
+        self.ckpt_dir = self.out / CHECKPOINTS
         self.acc = accelerator or make_accelerator(cfg)
         # None: 0 on CPU, min(8, cores) on CUDA (training/loader.py)
         self.num_workers = default_num_workers(self.acc.device) if num_workers is None else num_workers
@@ -135,7 +137,7 @@ class Trainer:
         self.loss_count = np.asarray(state["loss_count"], dtype=np.int64)
         if self.t_sampler is not None:
             self.t_sampler.load_state_dict(state.get("t_sampler", {}))
-        _truncate_metrics(self.out / "metrics.jsonl", self.step)
+        _truncate_metrics(self.out / METRICS, self.step)
         return True
 
     def ema_state_dict(self) -> dict[str, torch.Tensor]:
@@ -167,7 +169,7 @@ class Trainer:
         mean = np.where(self.loss_count > 0, self.loss_sum / count, np.nan)
         data = {"t": list(range(self.timesteps)), "mean_loss": [None if np.isnan(v) else float(v) for v in mean],
                 "count": self.loss_count.tolist()}
-        atomic_write_text(self.out / "loss_per_t.json", json.dumps(data))
+        atomic_write_text(self.out / LOSS_PER_T, json.dumps(data))
 
     # ------------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -305,7 +307,7 @@ class Trainer:
             self._hist_count.index_add_(0, t, torch.ones_like(t))
 
     def _log(self, row: dict) -> None:
-        with open(self.out / "metrics.jsonl", "a") as f:
+        with open(self.out / METRICS, "a") as f:
             f.write(json.dumps(row) + "\n")
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ...training.checkpoint import list_checkpoints
+from ...folders import RESULTS, AttributeLossResult, list_checkpoints
+from ...folders.layout import CHECKPOINTS, COUNTERFACTUAL_PNG, LOSS_PER_T, METRICS
 from .. import figures
-from .folders import RunInfo
+from .folders import COUNTERFACTUAL_COMMAND, RunInfo
 from .html import (
     MAX_JSON_CHARS,
     Col,
@@ -30,7 +31,7 @@ from .html import (
 )
 
 # PNGs shown beside the table they explain; every other PNG of RUN/eval/ goes to "Counterfactuals and figures"
-SECTION_PNGS = ("alignment.png", "fidelity.png", "attribute_loss.png")
+SECTION_PNGS = tuple(cls.FIGURE for cls in RESULTS if cls.FIGURE)
 
 
 def eval_figures(infos: Sequence[RunInfo]) -> str:
@@ -41,12 +42,12 @@ def eval_figures(infos: Sequence[RunInfo]) -> str:
             if p.name not in SECTION_PNGS:
                 by_name.setdefault(p.name, {})[info.name] = p
     # runs with evaluations but no counterfactual grid are told how to make one
-    expecting = [i for i in infos if i.json and not i.results_only and i.meta.get("kind") != "pretrain"]
+    expecting = [i for i in infos if i.results and not i.results_only and i.meta.get("kind") != "pretrain"]
     if not by_name and not expecting:
         return ""
     out = [tag("h2", "Counterfactuals and other figures")]
-    if "counterfactual.png" not in by_name:
-        out += [missing_note(f"{i.name}: no counterfactual.png: run `{i.command('counterfactual.png')}`")
+    if COUNTERFACTUAL_PNG not in by_name:
+        out += [missing_note(f"{i.name}: no {COUNTERFACTUAL_PNG}: run `{COUNTERFACTUAL_COMMAND.format(run=i.path)}`")
                 for i in expecting]
     order = sorted(by_name, key=lambda n: (not n.startswith("counterfactual"), n))
     for file in order:
@@ -56,8 +57,9 @@ def eval_figures(infos: Sequence[RunInfo]) -> str:
             p = per_run.get(info.name)
             if p is not None:
                 cells.append(tag("h3", esc(info.name)) + figure(p.read_bytes(), f"{info.name}: {file}"))
-            elif file == "counterfactual.png" and info in expecting:
-                cells.append(tag("h3", esc(info.name)) + missing_note(f"no {file}: run `{info.command(file)}`"))
+            elif file == COUNTERFACTUAL_PNG and info in expecting:
+                cells.append(tag("h3", esc(info.name))
+                             + missing_note(f"no {file}: run `{COUNTERFACTUAL_COMMAND.format(run=info.path)}`"))
             else:
                 cells.append(tag("h3", esc(info.name)) + note(f"no {file}"))
         out.append(tag("h3", esc(file)) + columns(cells))
@@ -72,7 +74,7 @@ def overview(infos: Sequence[RunInfo]) -> str:
             return None
 
     def records(info: RunInfo) -> list[dict]:
-        file = info.path / "metrics.jsonl"
+        file = info.path / METRICS
         return figures._records(file) if file.is_file() else []
 
     def last_metric(info: RunInfo, key: str) -> object:
@@ -107,8 +109,8 @@ def overview(infos: Sequence[RunInfo]) -> str:
         ("last logged step", lambda i: last_metric(i, "step")),
         ("last logged loss", lambda i: last_metric(i, "loss")),
         ("median img/s", median_speed),
-        ("checkpoints", lambda i: len(list_checkpoints(i.path / "checkpoints"))
-         if (i.path / "checkpoints").is_dir() else None),
+        ("checkpoints", lambda i: len(list_checkpoints(i.path / CHECKPOINTS))
+         if (i.path / CHECKPOINTS).is_dir() else None),
     ]
     rows = [(label, [get(i) for i in infos]) for label, get in fields]
     rows = [(label, values) for label, values in rows if any(v is not None for v in values)]
@@ -121,8 +123,8 @@ def overview(infos: Sequence[RunInfo]) -> str:
 
 
 def training(infos: Sequence[RunInfo], figs: Figures) -> str:
-    plots = (("training loss", "metrics.jsonl", figures.plot_training_loss),
-             ("loss per time-step", "loss_per_t.json", figures.plot_loss_per_t))
+    plots = (("training loss", METRICS, figures.plot_training_loss),
+             ("loss per time-step", LOSS_PER_T, figures.plot_loss_per_t))
     trained = [i for i in infos if any((i.path / file).is_file() for _, file, _ in plots)]
     if not trained:
         return ""
@@ -160,7 +162,7 @@ def extra_dir(folder: Path, used: set[Path]) -> str:
         out.append(tag("h3", esc(p.name)) + tag("pre", esc(p.read_text()[:MAX_JSON_CHARS])))
     out += [json_file_block(p) for p in jsons]
     if used & set(folder.iterdir()):
-        out.append(note("attribute_loss.json and its figure are shown in the section 'Attribute loss'"))
+        out.append(note(f"{AttributeLossResult.FILE} and its figure are shown in the section 'Attribute loss'"))
     elif not (pngs or texts or jsons):
         out.append(note("no PNG, JSON, .md or .txt file in this folder"))
     return "".join(out)

@@ -6,33 +6,25 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from ...config import ConfigError, DiTiConfig, PretrainConfig
-from ...training.run import read_meta, read_run_config
+from ...folders import RESULTS, Result, read_meta, read_run_config
+from ...folders.layout import CONFIG, EVAL, FEATURES, LOSS_PER_T, META, METRICS
 
-EVAL_DIR = "eval"
-KNOWN_JSON = ("probe.json", "disentangle.json", "fidelity.json", "attribute_loss.json")
+R = TypeVar("R", bound=Result)
 
-# The command that writes each result ({run}: the run folder as given).
-COMMANDS = {
-    "probe.json": "diti probe {run} --data DIR",
-    "disentangle.json": "diti disentangle {run} --data DIR",
-    "fidelity.json": "diti fidelity {run} --data DIR",
-    "attribute_loss.json": "diti attribute-loss --dm {run} --data DIR --out {run}/eval",
-    "counterfactual.png": "diti counterfactual {run} --data DIR",
-}
-FEATURE_COMMANDS = {  # for a folder of results without a run (codes measured with --features)
-    "probe.json": "diti probe --features FILE --test-features FILE --out {run}/probe.json",
-    "disentangle.json": "diti disentangle --features FILE --test-features FILE --out {run}",
-}
+COUNTERFACTUAL_COMMAND = "diti counterfactual {run} --data DIR"  # writes eval/counterfactual.png
+
 
 class RunInfo:
     """What one run folder holds.
 
-    ``missing``: files looked for and not found (or unreadable); ``missing_results``: evaluation results not
-    found, each with the command that writes it. A folder without meta.json and config.yaml that holds
+    ``results``: the result files of its eval/ (``diti.folders.results``), typed, and ``raw``: the JSON they
+    were read from; ``missing``: files looked for and not found (or unreadable); ``missing_results``: results
+    not found, each with the command that writes it. A folder without meta.json and config.yaml that holds
     results JSON itself (``diti disentangle --features ... --out DIR``) is a results folder: no run files.
     """
 
@@ -40,75 +32,84 @@ class RunInfo:
         self.path = path
         self.name = name
         self.missing: list[str] = []
-        self.missing_results: dict[str, str] = {}
+        self.missing_results: dict[type[Result], str] = {}
         self.meta: dict = {}
         self.config = None
         self.partition = None
-        self.json: dict[str, dict] = {}
+        self.results: dict[type[Result], Result] = {}
+        self.raw: dict[type[Result], object] = {}
         self.eval_pngs: list[Path] = []
         self.other_json: list[Path] = []
         self.results_only = False
-        self.eval_folder = path / EVAL_DIR
+        self.eval_folder = path / EVAL
         self._read()
 
+    def result(self, cls: type[R]) -> R | None:
+        return self.results.get(cls)
+
     def _read(self) -> None:
-        own_json = any((self.path / n).is_file() for n in KNOWN_JSON)
-        if not (self.path / "meta.json").is_file() and not (self.path / "config.yaml").is_file() and own_json:
+        own_json = any((self.path / cls.FILE).is_file() for cls in RESULTS)
+        if not (self.path / META).is_file() and not (self.path / CONFIG).is_file() and own_json:
             self.results_only, self.eval_folder = True, self.path
         else:
             self._read_run_files()
         folder = self.eval_folder
-        for name in KNOWN_JSON:
-            file = folder / name
+        for cls in RESULTS:
+            file = folder / cls.FILE
             if not file.is_file():
                 continue
             try:
-                self.json[name] = json.loads(file.read_text())
+                data = json.loads(file.read_text())
             except json.JSONDecodeError as err:
                 self.missing.append(f"{file.relative_to(self.path)} (invalid JSON: {err})")
+                continue
+            try:
+                self.results[cls], self.raw[cls] = cls.from_dict(data), data
+            except ValueError as err:
+                self.missing.append(f"{file.relative_to(self.path)} (unreadable: {err})")
         if folder.is_dir():
             self.eval_pngs = sorted(folder.glob("*.png"))
-            self.other_json = sorted(p for p in folder.glob("*.json") if p.name not in KNOWN_JSON)
-        for name in self._expected_results():
-            if not (folder / name).is_file():  # (an unreadable one is listed in ``missing``)
-                self.missing_results[name] = self.command(name)
+            self.other_json = sorted(p for p in folder.glob("*.json") if p.name not in {c.FILE for c in RESULTS})
+        for cls in self._expected_results():
+            if not (folder / cls.FILE).is_file():  # (an unreadable one is listed in ``missing``)
+                self.missing_results[cls] = self.command(cls)
 
     def _read_run_files(self) -> None:
         try:
             self.meta = read_meta(self.path)
         except (FileNotFoundError, ValueError, json.JSONDecodeError) as err:
-            self.missing.append(f"meta.json ({err})")
+            self.missing.append(f"{META} ({err})")
         cls = PretrainConfig if self.meta.get("kind") == "pretrain" else DiTiConfig
-        if (self.path / "config.yaml").is_file():
+        if (self.path / CONFIG).is_file():
             try:
                 self.config = read_run_config(self.path, cls)
             except (ConfigError, ValueError, TypeError, FileNotFoundError) as err:
-                self.missing.append(f"config.yaml (unreadable: {err})")
+                self.missing.append(f"{CONFIG} (unreadable: {err})")
         else:
-            self.missing.append("config.yaml")
+            self.missing.append(CONFIG)
         if isinstance(self.config, DiTiConfig):
             try:
                 self.partition = self.config.partition.build(self.config.diffusion.timesteps)
             except ConfigError as err:
                 self.missing.append(f"partition ({err})")
-        for name in ("metrics.jsonl", "loss_per_t.json"):
+        for name in (METRICS, LOSS_PER_T):
             if not (self.path / name).is_file():
                 self.missing.append(f"{name} (written by training)")
 
-    def _expected_results(self) -> list[str]:
-        """The results this kind of folder should have: a DM (pretrain run) only has an attribute loss."""
+    def _expected_results(self) -> list[type[Result]]:
+        """The results this kind of folder should have: those of a model for a diti run, those of the DM (the
+        attribute loss) for a pretrain run, those of saved codes for a results folder."""
         if self.results_only:
-            return list(FEATURE_COMMANDS)
-        if self.meta.get("kind") == "pretrain":
-            return ["attribute_loss.json"]
-        return ["probe.json", "disentangle.json", "fidelity.json"]
+            return [cls for cls in RESULTS if cls.FEATURE_COMMAND]
+        of = "dm" if self.meta.get("kind") == "pretrain" else "model"
+        return [cls for cls in RESULTS if cls.OF == of]
 
-    def command(self, result: str) -> str:
-        table = FEATURE_COMMANDS if self.results_only else COMMANDS
-        return table[result].format(run=self.path)
+    def command(self, result: type[Result]) -> str:
+        """The command that writes ``result`` for this folder."""
+        return (result.FEATURE_COMMAND if self.results_only else result.COMMAND).format(run=self.path)
 
-    def missing_text(self, result: str) -> str:
-        return f"no {result}: run `{self.command(result)}`"
+    def missing_text(self, result: type[Result]) -> str:
+        return f"no {result.FILE}: run `{self.command(result)}`"
 
     @property
     def code(self) -> str | None:
@@ -121,7 +122,7 @@ class RunInfo:
         """Majority-class share per categorical attribute of the cached test split (RUN/eval/features/)."""
         from ...data import Attributes
 
-        csv = self.eval_folder / "features" / "test.attributes.csv"
+        csv = self.eval_folder / FEATURES / "test.attributes.csv"
         if not csv.is_file():
             return {}
         meta = csv.with_suffix(".json")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from ..probe import SELECTION_METRIC
+from ...folders.results import Alignment, DisentangleResult, ProbeResult
 from .html import short_label
 
 OLD_PROTOCOL = "not recorded (before 2026-12-01: MIG/FactorVAE on test codes, 800/400 votes, GBT on 2,000 rows)"
@@ -14,17 +14,8 @@ OLD_BUDGET = "not recorded (before 2026-12-01: 15 epochs)"
 METRIC_LABELS = {"accuracy": "accuracy", "ap": "AP", "pearson_r": "Pearson r", "mse": "MSE"}
 
 
-def probe_metric(probe: Mapping) -> str | None:
-    """The probe's headline metric: accuracy (multiclass), AP (binary), Pearson r (regression)."""
-    mean = probe.get("mean", {})
-    metric = SELECTION_METRIC.get(probe.get("task", ""))
-    if metric in mean:
-        return metric
-    return next(iter(mean), None)
-
-
-def budget_short(probe: Mapping) -> str:
-    b = probe.get("budget")
+def budget_short(probe: ProbeResult) -> str:
+    b = probe.budget
     if not b:
         return "not recorded"
     if b.get("epochs") is not None:
@@ -32,9 +23,9 @@ def budget_short(probe: Mapping) -> str:
     return f"{b.get('steps', 0):,} steps"
 
 
-def budget_text(probe: Mapping) -> str:
+def budget_text(probe: ProbeResult) -> str:
     """The probe's training budget in words (the same for runs probed alike)."""
-    b = probe.get("budget")
+    b = probe.budget
     if not b:
         return OLD_BUDGET
     if b.get("epochs") is not None:
@@ -45,22 +36,22 @@ def budget_text(probe: Mapping) -> str:
             f"{b.get('patience_validations', '?')} validations without improvement")
 
 
-def epoch_text(probe: Mapping) -> str:
+def epoch_text(probe: ProbeResult) -> str:
     """Which epoch was reported, of how many run."""
-    b = probe.get("budget") or {}
+    b = probe.budget
     run = f" of {b['epochs_run']} run" if "epochs_run" in b else ""
-    return f"epoch {probe.get('best_epoch', '?')}{run}" + (" (stopped early)" if b.get("stopped_early") else "")
+    epoch = "?" if probe.best_epoch is None else probe.best_epoch
+    return f"epoch {epoch}{run}" + (" (stopped early)" if b.get("stopped_early") else "")
 
 
-def protocol_name(dis: Mapping) -> str:
-    proto = dis.get("protocol")
-    return proto.get("name", "?") if isinstance(proto, Mapping) else "not recorded"
+def protocol_name(dis: DisentangleResult) -> str:
+    return dis.protocol.get("name", "?") if dis.protocol is not None else "not recorded"
 
 
-def protocol_text(dis: Mapping) -> str:
+def protocol_text(dis: DisentangleResult) -> str:
     """The sample counts behind the numbers, in words."""
-    p = dis.get("protocol")
-    if not isinstance(p, Mapping):
+    p = dis.protocol
+    if p is None:
         return OLD_PROTOCOL
 
     def n(key: str) -> str:
@@ -81,25 +72,25 @@ def factor_values(names: Sequence[str], per: Sequence, factors: Sequence[str]) -
     return [lookup.get(f) for f in factors]
 
 
-def chunk_matrix(dis: Mapping) -> tuple[list[str], np.ndarray] | None:
+def chunk_matrix(dis: DisentangleResult) -> tuple[list[str], np.ndarray] | None:
     """(chunk labels, share of each factor's DCI importance per chunk (G, F)) or None."""
-    al = dis.get("alignment", {})
-    share = al.get("chunk_importance_share")
+    al = dis.alignment or Alignment()
+    share = al.chunk_importance_share
     if not share:
         return None
-    labels = al.get("chunk_labels") or dis.get("chunk_level", {}).get("chunk_labels")
+    labels = al.chunk_labels or (dis.chunk_level.chunk_labels if dis.chunk_level is not None else None)
     if not labels:  # before 2026-12-01: dim ranges only
-        labels = [f"dims {lo}-{hi - 1}" for lo, hi in al.get("chunk_dim_ranges", [])]
+        labels = [f"dims {lo}-{hi - 1}" for lo, hi in al.chunk_dim_ranges or []]
     m = np.asarray(share, dtype=float)
     if len(labels) != len(m):
         labels = [f"group {i}" for i in range(len(m))]
     return list(labels), m
 
 
-def top_chunk(dis: Mapping, factors: Sequence[str]) -> list:
+def top_chunk(dis: DisentangleResult, factors: Sequence[str]) -> list:
     """'chunk 3 (0.62)' for each factor: the chunk holding the largest share of its importance."""
     cm = chunk_matrix(dis)
-    names = dis.get("factors", [])
+    names = dis.factors
     if cm is None or len(cm[1]) < 2:
         return [None] * len(factors)
     labels, m = cm

@@ -4,11 +4,14 @@ lives in z, counterfactual fidelity and the attribute loss."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+from ...folders.results import Alignment, AttributeLossResult, DisentangleResult, FidelityResult, ProbeResult
 from .. import figures
 from .folders import RunInfo
 from .html import (
@@ -36,7 +39,6 @@ from .reading import (
     chunk_matrix,
     epoch_text,
     factor_values,
-    probe_metric,
     protocol_name,
     protocol_text,
     top_chunk,
@@ -46,31 +48,37 @@ from .reading import (
 MAX_MATRIX_COLUMNS = 16  # a group x factor matrix with more groups than this is shown with groups as rows
 
 
+class AttributeLossSource(NamedTuple):
+    """An attribute_loss.json shown in the report: from a run or an extra folder, with its PNG if any."""
+
+    name: str
+    result: AttributeLossResult
+    raw: object
+    png: Path | None
+
+
 def headline(infos: Sequence[RunInfo]) -> str:
-    probes = [i.json.get("probe.json") for i in infos]
-    dis = [i.json.get("disentangle.json") for i in infos]
-    metrics = {probe_metric(p) for p in probes if p}
+    probes = [i.result(ProbeResult) for i in infos]
+    dis = [i.result(DisentangleResult) for i in infos]
+    metrics = {p.metric for p in probes if p}
     one_metric = next(iter(metrics)) if len(metrics) == 1 else None
 
     def probe_cell(p):
         if not p:
             return None
-        m = probe_metric(p)
-        v = p.get("mean", {}).get(m)
+        m = p.metric
+        v = (p.mean or {}).get(m)
         return v if one_metric else f"{fmt_value(v)} {METRIC_LABELS.get(m, m)}"
 
-    def get(d, *keys):
-        for k in keys:
-            if not isinstance(d, Mapping):
-                return None
-            d = d.get(k)
-        return d
+    def get(d, part, key):
+        record = getattr(d, part) if d is not None else None
+        return getattr(record, key) if record is not None else None
 
     def chunk_c(d):
-        cl = get(d, "chunk_level")
-        if not isinstance(cl, Mapping):
+        cl = d.chunk_level if d is not None else None
+        if cl is None:
             return None
-        return "n/a (one group)" if cl.get("completeness") is None else cl["completeness"]
+        return "n/a (one group)" if cl.completeness is None else cl.completeness
 
     probe_title = f"mean {METRIC_LABELS.get(one_metric, one_metric)}" if one_metric else "mean"
     groups = [
@@ -97,14 +105,14 @@ def headline(infos: Sequence[RunInfo]) -> str:
     epochs: list[str] = []
     for info, p, d in zip(infos, probes, dis, strict=True):
         if p:
-            probe_texts.setdefault(f"{p.get('task', '?')} probe, {budget_text(p)}", []).append(info.name)
+            probe_texts.setdefault(f"{p.task} probe, {budget_text(p)}", []).append(info.name)
             epochs.append(f"{info.name}: {epoch_text(p)}")
         if d:
             dis_texts.setdefault(f"disentanglement protocol {protocol_text(d)}", []).append(info.name)
-            cl = d.get("chunk_level")
-            dis_texts.setdefault(f"chunk level over {len(cl.get('chunk_labels', []))} groups "
-                                 f"({cl.get('source', '?')})" if isinstance(cl, Mapping)
-                                 else f"chunk level not recorded: rerun `{info.command('disentangle.json')}` for it",
+            cl = d.chunk_level
+            dis_texts.setdefault(f"chunk level over {len(cl.chunk_labels or [])} groups "
+                                 f"({'?' if cl.source is None else cl.source})" if cl is not None
+                                 else f"chunk level not recorded: rerun `{info.command(DisentangleResult)}` for it",
                                  []).append(info.name)
     lines = [tag("li", with_code(f"{', '.join(names)}: {text}")) for text, names in probe_texts.items()]
     if epochs:
@@ -112,7 +120,7 @@ def headline(infos: Sequence[RunInfo]) -> str:
     lines += [tag("li", with_code(f"{', '.join(names)}: {text}")) for text, names in dis_texts.items()]
     for info in infos:
         lines += [tag("li", with_code(f"{info.name}: {info.missing_text(r)}"), class_="missing")
-                  for r in ("probe.json", "disentangle.json") if r in info.missing_results]
+                  for r in (ProbeResult, DisentangleResult) if r in info.missing_results]
     if lines:
         body += tag("ul", "".join(lines), class_="note")
     return body
@@ -125,15 +133,14 @@ def _with_mean(groups: Sequence[Group], means: Mapping[tuple[str, str], object])
             c.values = [*c.values, means.get((g.title, c.title))]
 
 
-def per_factor(infos: Sequence[RunInfo], al_sources: Sequence[tuple[str, dict, Path | None]],
-                figs: Figures) -> str:
+def per_factor(infos: Sequence[RunInfo], al_sources: Sequence[AttributeLossSource], figs: Figures) -> str:
     """Two tables with factors as rows: the linear probe (beside its figure), and DCI / MIG / chunk / DM t."""
-    probed = [i for i in infos if "probe.json" in i.json]
-    measured = [i for i in infos if "disentangle.json" in i.json]
+    probed = [i for i in infos if i.result(ProbeResult)]
+    measured = [i for i in infos if i.result(DisentangleResult)]
     if not probed and not measured:
         return ""
-    factors = union([*(i.json["probe.json"].get("names", []) for i in probed),
-                      *(i.json["disentangle.json"].get("factors", []) for i in measured)])
+    factors = union([*(i.result(ProbeResult).names for i in probed),
+                     *(i.result(DisentangleResult).factors for i in measured)])
     body = tag("h2", "Per factor")
     if probed:
         body += _probe_table(probed, factors, figs)
@@ -143,7 +150,7 @@ def per_factor(infos: Sequence[RunInfo], al_sources: Sequence[tuple[str, dict, P
 
 
 def _probe_table(probed: Sequence[RunInfo], factors: Sequence[str], figs: Figures) -> str:
-    probes = {i.name: i.json["probe.json"] for i in probed}
+    probes = {i.name: i.result(ProbeResult) for i in probed}
     groups: list[Group] = []
     chance_cols = [Col(i.name, [c.get(f) for f in factors]) for i in probed
                    if (c := i.chance()) and any(f in c for f in factors)]
@@ -152,53 +159,53 @@ def _probe_table(probed: Sequence[RunInfo], factors: Sequence[str], figs: Figure
     if chance_cols:
         groups.append(Group("chance", chance_cols))
     # the headline metric of each probe first (accuracy for multiclass), then the others
-    metrics = [m for m in union([*([probe_metric(p)] for p in probes.values()),
-                                  *(p.get("mean", {}) for p in probes.values())]) if m is not None]
+    metrics = [m for m in union([*([p.metric] for p in probes.values()),
+                                 *(p.mean or {} for p in probes.values())]) if m is not None]
     means = {}
     for m in metrics:
         title = f"probe {METRIC_LABELS.get(m, m)}"
-        cols = [Col(name, [p.get("per_attribute", {}).get(f, {}).get(m) for f in factors])
-                for name, p in probes.items()]
-        means.update({(title, name): p.get("mean", {}).get(m) for name, p in probes.items()})
+        cols = [Col(name, [p.per_attribute.get(f, {}).get(m) for f in factors]) for name, p in probes.items()]
+        means.update({(title, name): (p.mean or {}).get(m) for name, p in probes.items()})
         groups.append(Group(title, cols, "min" if m == "mse" else "max"))
     _with_mean(groups, means)
     table_html = grid_table("factor", [*factors, "mean"], groups, [None] * len(factors) + ["mean"])
-    shown = next((m for m in metrics if all(m in p.get("mean", {}) for p in probes.values())), None)
-    png, err = figs.make(figures.plot_probe_comparison, probes, metric=shown)
+    shown = next((m for m in metrics if all(m in (p.mean or {}) for p in probes.values())), None)
+    png, err = figs.make(figures.plot_probe_comparison, {name: p.to_dict() for name, p in probes.items()},
+                         metric=shown)
     body = tag("h3", "Linear probe (test split)")
     body += pair(table_html, figure_or_note(png, err, f"linear probe per factor: {shown}"))
     body += note("A linear layer on the frozen codes, scored on the test split at the epoch chosen on a validation "
                  "split (budgets under 'Results')."
                  + (" Chance: the majority-class share of the test split." if chance_cols else ""))
-    for name, p in probes.items():
-        body += json_details(p, f"raw probe.json: {name}")
+    for info in probed:
+        body += json_details(info.raw[ProbeResult], f"raw {ProbeResult.FILE}: {info.name}")
     return body
 
 
 def _factor_table(measured: Sequence[RunInfo], factors: Sequence[str],
-                  al_sources: Sequence[tuple[str, dict, Path | None]]) -> str:
+                  al_sources: Sequence[AttributeLossSource]) -> str:
     gbt, mig_cols, tops, means = [], [], [], {}
     for i in measured:
-        d = i.json["disentangle.json"]
-        names = d.get("factors", [])
-        if d.get("dci", {}).get("per_factor_test"):
-            gbt.append(Col(i.name, factor_values(names, d["dci"]["per_factor_test"], factors)))
-            means["DCI: GBT test accuracy", i.name] = d["dci"].get("informativeness_test")
-        if d.get("mig", {}).get("per_factor"):
-            mig_cols.append(Col(i.name, factor_values(names, d["mig"]["per_factor"], factors)))
-            means["MIG", i.name] = d["mig"].get("mig")
+        d = i.result(DisentangleResult)
+        if d.dci is not None and d.dci.per_factor_test:
+            gbt.append(Col(i.name, factor_values(d.factors, d.dci.per_factor_test, factors)))
+            means["DCI: GBT test accuracy", i.name] = d.dci.informativeness_test
+        if d.mig is not None and d.mig.per_factor:
+            mig_cols.append(Col(i.name, factor_values(d.factors, d.mig.per_factor, factors)))
+            means["MIG", i.name] = d.mig.mig
         tops.append(Col(i.name, top_chunk(d, factors)))
     groups = [Group("DCI: GBT test accuracy", gbt, "max"), Group("MIG", mig_cols, "max"),
               Group("chunk with most importance (share)", [c for c in tops if any(c.values)])]
     lost = []
-    for name, data, _ in al_sources:
-        crossing, skipped = data.get("crossing_t", {}), data.get("skipped", {})
-        lost.append(Col(name, ["no pair" if f in skipped else "never" if f in data.get("factors", [])
-                               and crossing.get(f) is None else crossing.get(f) for f in factors]))
+    for source in al_sources:
+        al = source.result
+        lost.append(Col(source.name, ["no pair" if f in al.skipped else "never" if f in al.factors
+                                      and al.crossing_t.get(f) is None else al.crossing_t.get(f) for f in factors]))
     groups.append(Group("DM loses it at t", lost))
     _with_mean(groups, means)
     table_html = grid_table("factor", [*factors, "mean"], groups, [None] * len(factors) + ["mean"])
-    old = [i.name for i in measured if not i.json["disentangle.json"].get("dci", {}).get("per_factor_test")]
+    old = [i.name for i in measured
+           if i.result(DisentangleResult).dci is None or not i.result(DisentangleResult).dci.per_factor_test]
     body = tag("h3", "Disentanglement per factor") + tag("div", table_html, class_="scroll")
     body += note("DCI: test accuracy of the factor's gradient-boosted trees. MIG: (top-1 - top-2 mutual information "
                  "over dims) / H(factor). Chunk: the chunk (or slice of z) holding the largest share of the "
@@ -227,7 +234,7 @@ def _matrix_table(corner: str, rows: Sequence[str], cols: Sequence[str], m: np.n
 def where(infos: Sequence[RunInfo], figs: Figures) -> str:
     from ..runs import plot_alignment
 
-    measured = [i for i in infos if "disentangle.json" in i.json]
+    measured = [i for i in infos if i.result(DisentangleResult)]
     if not measured:
         return ""
     body = tag("h2", "Where each factor lives in z")
@@ -235,16 +242,15 @@ def where(infos: Sequence[RunInfo], figs: Figures) -> str:
                  "per stage the share and the accuracy of a linear probe on that stage's dims alone. DiTi's claim: "
                  "each chunk carries the factors the frozen DM loses in its t-range.")
     for info in measured:
-        d = info.json["disentangle.json"]
-        factors = d.get("factors", [])
+        d = info.result(DisentangleResult)
+        factors = d.factors
         body += tag("h3", esc(info.name))
-        cl = d.get("chunk_level")
-        if isinstance(cl, Mapping):
-            c = cl.get("completeness")
-            sc = cl.get("stage_completeness")
-            body += note(f"chunk level ({cl.get('source', '?')}): D {fmt_value(cl.get('disentanglement'))}, C "
-                         f"{'n/a (one group)' if c is None else fmt_value(c)}; stage level: D "
-                         f"{fmt_value(cl.get('stage_disentanglement'))}, C "
+        cl = d.chunk_level
+        if cl is not None:
+            c, sc = cl.completeness, cl.stage_completeness
+            body += note(f"chunk level ({'?' if cl.source is None else cl.source}): D {fmt_value(cl.disentanglement)}, "
+                         f"C {'n/a (one group)' if c is None else fmt_value(c)}; stage level: D "
+                         f"{fmt_value(cl.stage_disentanglement)}, C "
                          f"{'n/a (one group)' if sc is None else fmt_value(sc)}; protocol {protocol_name(d)}")
         else:
             body += note(f"chunk- and stage-level D / C not recorded; protocol {OLD_PROTOCOL}")
@@ -252,11 +258,11 @@ def where(infos: Sequence[RunInfo], figs: Figures) -> str:
         chunk_html = ""
         if cm is not None and len(cm[1]) > 1 and cm[1].shape[1] == len(factors):  # (one chunk: all 1)
             chunk_html = _matrix_table("factor", factors, cm[0], cm[1], "share of importance per chunk")
-        al = d.get("alignment", {})
+        al = d.alignment or Alignment()
         stage_groups = []
-        labels = al.get("group_labels", [])
-        share, acc = al.get("group_importance_share"), al.get("group_probe_accuracy")
-        same_as_chunks = al.get("group_dim_ranges") == al.get("chunk_dim_ranges")
+        labels = al.group_labels or []
+        share, acc = al.group_importance_share, al.group_probe_accuracy
+        same_as_chunks = al.group_dim_ranges == al.chunk_dim_ranges
         for title, matrix in (("share of importance per stage", None if same_as_chunks else share),
                               ("probe accuracy from the stage's dims alone", acc)):
             if not matrix:
@@ -267,17 +273,17 @@ def where(infos: Sequence[RunInfo], figs: Figures) -> str:
             stage_groups.append(Group(title, [Col(header_html(lb), [float(v) for v in m[g]], html_title=True)
                                               for g, lb in enumerate(labels)], "max", shade=True))
         stage_html = grid_table("factor", factors, stage_groups) if stage_groups else ""
-        png, err = figs.png(info.eval_folder / "alignment.png",
+        png, err = figs.png(info.eval_folder / DisentangleResult.FIGURE,
                             lambda out, d=d, name=info.name: plot_alignment(d, out, name))
-        fig = figure_or_note(png, err, f"{info.name}: alignment.png (per stage)")
+        fig = figure_or_note(png, err, f"{info.name}: {DisentangleResult.FIGURE} (per stage)")
         body += pair(chunk_html + stage_html, fig)
-        body += json_details(d, f"raw disentangle.json: {info.name}")
+        body += json_details(info.raw[DisentangleResult], f"raw {DisentangleResult.FILE}: {info.name}")
     return body
 
 
 def fidelity(infos: Sequence[RunInfo]) -> str:
-    present = [i for i in infos if "fidelity.json" in i.json]
-    missing = [i for i in infos if "fidelity.json" in i.missing_results]
+    present = [i for i in infos if i.result(FidelityResult)]
+    missing = [i for i in infos if FidelityResult in i.missing_results]
     if not present:
         return ""
     body = tag("h2", "Counterfactual fidelity")
@@ -287,100 +293,106 @@ def fidelity(infos: Sequence[RunInfo]) -> str:
                  "target's value. Ceiling: the classifier's accuracy on plain DDIM reconstructions; real images: on "
                  "the targets themselves; pairs: (source, target) pairs that differ in the factor.")
     for info in present:
-        f = info.json["fidelity.json"]
-        factors, labels = f.get("factor_names", []), f.get("group_labels", [])
+        f = info.result(FidelityResult)
+        factors, labels = f.factor_names, f.group_labels
         body += tag("h3", esc(info.name))
-        clf = f.get("classifier", {})
-        text = f"{f.get('num_pairs', '?')} pairs, {f.get('num_steps', '?')} DDIM steps, seed {f.get('seed', '?')}"
-        if isinstance(clf, Mapping) and "mean_test_accuracy" in clf:
+        clf = f.classifier or {}
+        text = f"{_known(f.num_pairs)} pairs, {_known(f.num_steps)} DDIM steps, seed {_known(f.seed)}"
+        if "mean_test_accuracy" in clf:
             text += f"; factor classifier: mean test accuracy {fmt_value(clf['mean_test_accuracy'])}"
             epochs, rows = clf.get("epochs"), clf.get("num_train")
             if epochs is not None and rows is not None:
                 text += f" ({epochs} epoch{'' if epochs == 1 else 's'} on {fmt_value(rows)} images)"
         body += note(text)
         groups = []
-        for title, key in (("takes source", "takes_source"), ("keeps target", "keeps_target")):
-            m = f.get(key) or []
-            if len(m) == len(labels) and all(len(r) == len(factors) for r in m):
-                groups.append(Group(title, [Col(header_html(lb), list(m[g]), html_title=True)
-                                            for g, lb in enumerate(labels)], "max" if key == "takes_source" else None,
-                                    shade=True))
-        for title, key in (("ceiling", "reconstruction_accuracy"), ("real images", "real_accuracy"),
-                           ("pairs", "num_differ")):
-            v = f.get(key)
-            if isinstance(v, list) and len(v) == len(factors):
-                groups.append(Group(title, [Col(title, list(v))], shade=key != "num_differ"))
+        for title, m, best in (("takes source", f.takes_source, "max"), ("keeps target", f.keeps_target, None)):
+            if m.ndim == 2 and m.shape == (len(labels), len(factors)):
+                groups.append(Group(title, [Col(header_html(lb), _values(m[g]), html_title=True)
+                                            for g, lb in enumerate(labels)], best, shade=True))
+        for title, v in (("ceiling", f.reconstruction_accuracy), ("real images", f.real_accuracy),
+                         ("pairs", f.num_differ)):
+            if v.ndim == 1 and len(v) == len(factors):
+                groups.append(Group(title, [Col(title, _values(v))], shade=title != "pairs"))
         table_html = grid_table("factor", factors, groups) if groups else ""
-        own = info.eval_folder / "fidelity.png"
-        body += pair(table_html, figure(own.read_bytes(), f"{info.name}: fidelity.png") if own.is_file() else "")
-        body += json_details(f, f"raw fidelity.json: {info.name}")
+        own = info.eval_folder / FidelityResult.FIGURE
+        body += pair(table_html, figure(own.read_bytes(), f"{info.name}: {own.name}") if own.is_file() else "")
+        body += json_details(info.raw[FidelityResult], f"raw {FidelityResult.FILE}: {info.name}")
     for info in missing:
-        body += missing_note(f"{info.name}: {info.missing_text('fidelity.json')}")
+        body += missing_note(f"{info.name}: {info.missing_text(FidelityResult)}")
     return body
 
 
-def attribute_loss(sources: Sequence[tuple[str, dict, Path | None]], figs: Figures) -> str:
+def attribute_loss(sources: Sequence[AttributeLossSource], figs: Figures) -> str:
     if not sources:
         return ""
-    first = sources[0][1]
-    factors = union([first.get("order") or first.get("factors", []),
-                      *(s[1].get("order") or s[1].get("factors", []) for s in sources[1:])])
+    factors = union([s.result.order for s in sources])
     groups = []
-    for name, data, _ in sources:
-        crossing, interp = data.get("crossing_t", {}), data.get("crossing_t_interp", {})
-        skipped, pairs = data.get("skipped", {}), data.get("num_pairs", {})
-        measured = data.get("factors", [])
+    for source in sources:
+        al = source.result
 
-        def cell(f, table, measured=measured, skipped=skipped):
-            if f in skipped:
+        def cell(f, table, al=al):
+            if f in al.skipped:
                 return "no pair"
-            return ("never" if table.get(f) is None else table[f]) if f in measured else None
+            return ("never" if table.get(f) is None else table[f]) if f in al.factors else None
 
-        cols = [Col("first t", [cell(f, crossing) for f in factors]),
-                Col("t (interpolated)", [cell(f, interp) for f in factors]),
-                Col("pairs", [pairs.get(f) for f in factors])]
-        groups.append(Group(name, cols) if len(sources) > 1 else Group("", cols))
+        cols = [Col("first t", [cell(f, al.crossing_t) for f in factors]),
+                Col("t (interpolated)", [cell(f, al.crossing_t_interp) for f in factors]),
+                Col("pairs", [al.num_pairs.get(f) for f in factors])]
+        groups.append(Group(source.name, cols) if len(sources) > 1 else Group("", cols))
     if len(sources) == 1:  # one source: plain columns
         groups = [Group(c.title, [c]) for c in groups[0].cols]
     table_html = grid_table("factor (first lost first)", factors, groups)
     figs_html = ""
-    for name, data, png_path in sources:
-        if png_path is not None and png_path.is_file():
-            png, err = png_path.read_bytes(), ""
+    for source in sources:
+        if source.png is not None and source.png.is_file():
+            png, err = source.png.read_bytes(), ""
         else:
-            png, err = figs.make(figures.plot_attribute_loss, data, title=f"{name}: attribute loss")
-        figs_html += figure_or_note(png, err, f"{name}: Err(x0, y0, t) per factor")
-    thresholds = ", ".join(sorted({fmt_value(s[1].get("threshold")) for s in sources}))
+            png, err = figs.make(figures.plot_attribute_loss, source.result.to_dict(),
+                                 title=f"{source.name}: attribute loss")
+        figs_html += figure_or_note(png, err, f"{source.name}: Err(x0, y0, t) per factor")
+    thresholds = ", ".join(sorted({fmt_value(s.result.threshold) for s in sources}))
     body = tag("h2", "Attribute loss against time-step (frozen DM)")
     body += note(f"Err(x0, y0, t) for pairs that differ in one factor: 0 while the DM still recovers the factor "
                  f"from x_t, 1/2 once it is lost. First t: the first grid step where Err reaches {thresholds}; "
                  "interpolated: the same point between grid steps. Rows: factors in the order the first source "
                  "loses them.")
     body += pair(table_html, figs_html)
-    for name, data, _ in sources:
-        body += json_details(data, f"raw attribute_loss.json: {name}")
+    for source in sources:
+        body += json_details(source.raw, f"raw {AttributeLossResult.FILE}: {source.name}")
     return body
 
 
 
 
 def attribute_loss_sources(infos: Sequence[RunInfo], extra_dirs: Sequence[Path]
-                            ) -> tuple[list[tuple[str, dict, Path | None]], set[Path]]:
-    """(name, attribute_loss.json, its PNG) from the runs and the extra folders; the extra files used."""
+                           ) -> tuple[list[AttributeLossSource], set[Path]]:
+    """The attribute-loss results of the runs and the extra folders; the extra files used."""
     sources, used = [], set()
     for info in infos:
-        if "attribute_loss.json" in info.json:
-            sources.append((info.name, info.json["attribute_loss.json"], info.eval_folder / "attribute_loss.png"))
+        if info.result(AttributeLossResult):
+            sources.append(AttributeLossSource(info.name, info.result(AttributeLossResult),
+                                               info.raw[AttributeLossResult],
+                                               info.eval_folder / AttributeLossResult.FIGURE))
     for folder in extra_dirs:
-        file = folder / "attribute_loss.json"
+        file = folder / AttributeLossResult.FILE
         if not file.is_file():
             continue
         try:
             data = json.loads(file.read_text())
-        except json.JSONDecodeError:
-            continue  # shown as invalid JSON in the extra folder's section
-        sources.append((folder.name, data, folder / "attribute_loss.png"))
-        used |= {file, folder / "attribute_loss.png"}
+            result = AttributeLossResult.from_dict(data)
+        except ValueError:
+            continue  # shown as JSON (or as invalid JSON) in the extra folder's section
+        sources.append(AttributeLossSource(folder.name, result, data, folder / AttributeLossResult.FIGURE))
+        used |= {file, folder / AttributeLossResult.FIGURE}
     return sources, used
+
+
+def _known(value) -> object:
+    return "?" if value is None else value
+
+
+def _values(array: np.ndarray) -> list:
+    """A result's numbers as table cells: Python ints and floats, None where NaN (no pair)."""
+    return [None if isinstance(v, float) and math.isnan(v) else v for v in array.tolist()]
 
 

@@ -1,4 +1,4 @@
-"""Crash-safe checkpoints in safetensors.
+"""Crash-safe checkpoints in safetensors (the safetensors files of exports are written with ``save_tensors`` too).
 
 Layout of a run's ``checkpoints/`` folder::
 
@@ -20,26 +20,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .files import atomic_write_text, fsync_dir
+
 LATEST = "latest"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file, fsync and rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
@@ -105,11 +88,11 @@ def save_checkpoint(
         save_tensors(tmp / "optimizer.safetensors", opt_tensors)
         atomic_write_text(tmp / "optimizer.json", json.dumps(opt_meta))
         atomic_write_text(tmp / "state.json", json.dumps({"step": step, **state}))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(ckpt_dir)
+        fsync_dir(ckpt_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written checkpoint behind
         raise
