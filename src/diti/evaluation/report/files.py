@@ -22,6 +22,7 @@ from .html import (
     figure,
     figure_or_note,
     grid_table,
+    json_details,
     json_file_block,
     missing_note,
     note,
@@ -29,6 +30,7 @@ from .html import (
     tag,
     with_code,
 )
+from .results import SHOWN
 
 # PNGs shown beside the table they explain; every other PNG of RUN/eval/ goes to "Counterfactuals and figures"
 SECTION_PNGS = tuple(cls.FIGURE for cls in RESULTS if cls.FIGURE)
@@ -142,10 +144,16 @@ def training(infos: Sequence[RunInfo], figs: Figures) -> str:
 
 
 def other_json(infos: Sequence[RunInfo]) -> str:
-    present = [i for i in infos if i.other_json]
+    """The JSON of eval/ that no section shows: results without a section of their own, and other files."""
+    def blocks(info: RunInfo) -> list[str]:
+        named = [(cls.FILE, json_details(info.raw[cls], f"raw {cls.FILE}")) for cls in info.results if cls not in SHOWN]
+        named += [(p.name, json_file_block(p)) for p in info.other_json]
+        return [html for _, html in sorted(named, key=lambda item: item[0])]
+
+    present = [(i, b) for i in infos if (b := blocks(i))]
     if not present:
         return ""
-    cells = [tag("h3", esc(i.name)) + "".join(json_file_block(p) for p in i.other_json) for i in present]
+    cells = [tag("h3", esc(i.name)) + "".join(b) for i, b in present]
     return tag("h2", "Other results in eval/") + "".join(cells)
 
 

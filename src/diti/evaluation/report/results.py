@@ -45,6 +45,8 @@ from .reading import (
     union,
 )
 
+# the results with a section of their own (any other result's JSON is shown under 'Other results in eval/')
+SHOWN = (ProbeResult, DisentangleResult, FidelityResult, AttributeLossResult)
 MAX_MATRIX_COLUMNS = 16  # a group x factor matrix with more groups than this is shown with groups as rows
 
 
