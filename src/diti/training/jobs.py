@@ -21,7 +21,7 @@ from ..models.diti import DiTiModel
 from ..models.dm import build_unet, dm_resolution, load_dm, save_dm
 from .partition_rule import resolve_partition_rule
 from .precision import resolve_mixed_precision
-from .timesteps import build_sampler
+from .timesteps import IndependentSampler, build_sampler
 from .trainer import Trainer
 
 C = TypeVar("C", DiTiConfig, PretrainConfig)
@@ -114,7 +114,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False) -> Path
     schedule = cfg.diffusion.build()
     torch.manual_seed(cfg.train.seed)  # initial weights from the config's seed, never the clock
     module = DDPMObjective(build_unet(cfg.unet, dataset.resolution), schedule)
-    trainer = Trainer(module, dataset, cfg.train, schedule.timesteps, out, cfg.data.hflip, cfg.data.num_workers)
+    trainer = Trainer(module, dataset, cfg.train, cfg.data, IndependentSampler(schedule.timesteps), out)
     if trainer.acc.is_main_process:
         write_run_files(out, "pretrain", cfg)
     trainer.resume()
@@ -145,15 +145,9 @@ def train_diti(cfg: DiTiConfig, out: str | Path, resume: bool = False) -> Path:
     torch.manual_seed(cfg.train.seed)  # initial weights from the config's seed, never the clock
     model = DiTiModel.from_config(cfg, dm, schedule)
     obj = cfg.objective
-    sampling, draws = obj.timestep_sampling, obj.draws_per_image
-    # Fixed distributions with one draw per image are drawn by the loader (t_probs); importance sampling and
-    # several draws per image draw t at the step (training/timesteps.py).
-    dynamic = sampling in ("loss_aware", "loss_removed") or draws > 1
-    t_probs = None if sampling == "uniform" or dynamic else model.partition.timestep_probs(sampling)
-    t_sampler = build_sampler(sampling, model.partition, obj.importance_history, obj.importance_uniform) \
-        if dynamic else None
-    trainer = Trainer(model, dataset, cfg.train, schedule.timesteps, out, cfg.data.hflip, cfg.data.num_workers,
-                      t_probs, t_sampler=t_sampler, draws=draws)
+    sampler = build_sampler(obj.timestep_sampling, model.partition, obj.importance_history, obj.importance_uniform,
+                            obj.draws_per_image)
+    trainer = Trainer(model, dataset, cfg.train, cfg.data, sampler, out)
     if trainer.acc.is_main_process:
         write_run_files(out, "diti", cfg)
         if cfg.train.progress:  # the partition it trains with, beside the progress bar (stderr)

@@ -1,8 +1,9 @@
 """The training DataLoader: each item is one micro-batch of one step, ready for the device.
 
 A worker process builds everything a micro-batch needs on the CPU, off the training loop's thread: it
-decodes the images, draws the step's t, eps and flips (``step_noise``, a pure function of the seed and the
-step) and flips the images. The loop only copies the tensors to the device (pinned memory, non-blocking),
+decodes the images, makes the step's random draws that the run's time-step sampler asks for
+(``TimestepSampler.loader_draws``: t, eps and flips, and a stratified sampler's uniforms, each a pure function
+of the seed and the step) and flips the images. The loop only copies the tensors to the device (pinned memory, non-blocking),
 so a GPU is not left waiting on image decoding or on CPU random numbers. The draws are those of the whole
 global batch, sliced for this process and micro-step, exactly as when the loop drew them itself: resume,
 several processes and gradient accumulation see the same batches, time-steps and noise as before.
@@ -18,8 +19,8 @@ import os
 
 import torch
 
-from .randomness import GlobalBatchSampler, draw_noise, global_batch_indices, micro_slice, step_noise
-from .timesteps import draw_uniforms
+from .randomness import GlobalBatchSampler, global_batch_indices, micro_slice
+from .timesteps import LoaderDraws
 
 
 def default_num_workers(device: torch.device) -> int:
@@ -45,27 +46,23 @@ class StepBatches(torch.utils.data.Dataset):
     """Micro-batches ``{"x0", "t", "noise"}`` of a training run, keyed by StepBatchSampler's keys.
 
     ``x0`` (b, C, R, R) in [-1, 1], flipped where the step's flip draw says so when ``hflip``; ``t`` (b,)
-    int64; ``noise`` (b, C, R, R): this process's slice of the global batch's draws (``step_noise``).
+    int64; ``noise`` (b, C, R, R): this process's slice of the global batch's draws (``t_draws``, by default
+    uniform t: ``step_noise``).
 
-    ``uniforms=True`` (a run whose t-sampler draws t at the step, training/timesteps.py) adds ``u`` (b * draws,)
-    float64, the slice of the step's stratified uniforms (``draw_uniforms``) that the sampler turns into t on
-    the device; with ``draws`` > 1, ``noise`` is then (b * draws, C, R, R), the slice of the step's draw noise
-    (``draw_noise``). Every random number of the step is thus drawn here, in the workers.
+    A stratified sampler's ``t_draws`` (training/timesteps.py) add ``u`` (b * draws,) float64, the slice of the
+    step's stratified uniforms that the sampler turns into t on the device; with several draws per image,
+    ``noise`` is then (b * draws, C, R, R), the slice of the step's draw noise. Every random number of the step
+    is thus drawn here, in the workers.
     """
 
     def __init__(
-        self, dataset, batch: int, sample_shape: tuple[int, ...], timesteps: int, seed: int,
-        t_probs: torch.Tensor | None = None, hflip: bool = False, rank: int = 0, world: int = 1, accum: int = 1,
-        uniforms: bool = False, draws: int = 1,
+        self, dataset, batch: int, sample_shape: tuple[int, ...], timesteps: int, seed: int, hflip: bool = False,
+        rank: int = 0, world: int = 1, accum: int = 1, t_draws: LoaderDraws | None = None,
     ):
-        if draws < 1:
-            raise ValueError(f"draws per image must be >= 1, got {draws}")
-        if draws > 1 and not uniforms:
-            raise ValueError("several draws per image need the step's uniforms (a t-sampler)")
         self.dataset, self.batch, self.sample_shape = dataset, batch, tuple(sample_shape)
-        self.timesteps, self.seed, self.t_probs, self.hflip = timesteps, seed, t_probs, hflip
+        self.timesteps, self.seed, self.hflip = timesteps, seed, hflip
         self.rank, self.world, self.micro = rank, world, batch // (world * accum)
-        self.uniforms, self.draws = uniforms, draws
+        self.t_draws = t_draws or LoaderDraws()
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -73,21 +70,15 @@ class StepBatches(torch.utils.data.Dataset):
     def __getitems__(self, key: tuple[int, int, list[int]]) -> dict[str, torch.Tensor]:
         step, a, indices = key
         x0 = self.dataset.__getitems__(indices)
-        t_all, noise_all, flip_all = step_noise(
-            self.batch, self.sample_shape, self.timesteps, step, self.seed, self.t_probs
-        )
+        draws = self.t_draws(self.batch, self.sample_shape, self.timesteps, self.seed, step)
         lo = micro_slice(a, self.rank, self.world, self.micro)
-        sl = slice(lo, lo + self.micro)
+        # this micro-batch's images' rows of every draw (a draw has a whole number of rows per image)
+        item = {k: v[lo * (len(v) // self.batch) : (lo + self.micro) * (len(v) // self.batch)]
+                for k, v in draws.items()}
+        flip = item.pop("flip")
         if self.hflip:
-            x0 = torch.where(flip_all[sl, None, None, None], x0.flip(-1), x0)
-        item = {"x0": x0, "t": t_all[sl], "noise": noise_all[sl]}
-        if self.uniforms:
-            m = self.draws
-            rows = slice(lo * m, (lo + self.micro) * m)  # this micro-batch's images' draws
-            item["u"] = draw_uniforms(self.batch, m, self.seed, step)[rows]
-            if m > 1:
-                item["noise"] = draw_noise(self.batch, m, self.sample_shape, self.seed, step)[rows]
-        return item
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        return {"x0": x0, **item}
 
 
 def _passthrough(batch):

@@ -1,4 +1,15 @@
-"""Time-step samplers beside the official uniform t: loss-aware importance sampling and several t per image.
+"""Time-step samplers: where each training draw's t comes from, and with which weight.
+
+One interface serves every run (``TimestepSampler``): the loader makes the random draws a sampler asks for in
+its workers (``loader_draws``: the step's t, eps and flips, and for a stratified sampler its uniforms), the
+training loop turns each micro-batch into (t, weights) on the device (``timesteps``) and reports the losses
+(``update``); the state lives on the device (``to``) and in every checkpoint (``state_dict``). Which sampler a
+run uses is ``objective.timestep_sampling`` (with ``objective.draws_per_image``), built by ``build_sampler``:
+
+- ``IndependentSampler``: one independent draw per image from a fixed p, made by the loader itself
+  (``torch.randint`` for uniform p, ``torch.multinomial`` for the stage- and chunk-balanced departures), weight 1;
+- ``TimestepSampler``: stratified inverse-CDF draws from a fixed p (several draws per image);
+- ``LossAwareSampler``: stratified draws from a p that follows the loss, weighted back to the uniform mean.
 
 The official objective is the mean over t ~ U{0..T-1} of the per-sample loss l(t). Two options change how t
 is drawn while keeping that expectation (docs/method.md, "Faster optimisation"):
@@ -22,9 +33,11 @@ the checkpoint, so that a resumed run is bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .randomness import generator
+from .randomness import draw_noise, generator, step_noise
 
 # an arbitrary key that keeps these draws apart from the loader's (t, eps, flips) of the same step
 _STREAM = 0x7157
@@ -40,23 +53,72 @@ def draw_uniforms(batch: int, draws: int, seed: int, step: int) -> torch.Tensor:
     return u.reshape(-1)
 
 
+@dataclass(frozen=True)
+class LoaderDraws:
+    """What the training loader draws for one step's global batch, in its workers, on the CPU (picklable).
+
+    Always t, eps and the flips of ``step_noise``: t uniform (``torch.randint``) or, with ``probs`` (T,), from
+    p (``torch.multinomial``). ``uniforms``: also the stratified uniforms ``u`` (``draw_uniforms``) that a
+    stratified sampler turns into t on the device; with ``draws`` > 1, each draw's own eps (``draw_noise``).
+    Every tensor has a whole number of rows per image of the global batch.
+    """
+
+    probs: torch.Tensor | None = None
+    uniforms: bool = False
+    draws: int = 1
+
+    def __post_init__(self) -> None:
+        if self.draws < 1:
+            raise ValueError(f"draws per image must be >= 1, got {self.draws}")
+        if self.draws > 1 and not self.uniforms:
+            raise ValueError("several draws per image need the step's uniforms (a stratified sampler)")
+
+    def __call__(self, batch: int, image_shape: tuple[int, ...], timesteps: int, seed: int, step: int
+                 ) -> dict[str, torch.Tensor]:
+        """{"t", "noise", "flip"[, "u"]} of the step's global batch."""
+        t, noise, flip = step_noise(batch, image_shape, timesteps, step, seed, self.probs)
+        out = {"t": t, "noise": noise, "flip": flip}
+        if self.uniforms:
+            out["u"] = draw_uniforms(batch, self.draws, seed, step)
+            if self.draws > 1:
+                out["noise"] = draw_noise(batch, self.draws, image_shape, seed, step)
+        return out
+
+
 class TimestepSampler:
-    """Stratified inverse-CDF draws of t from a fixed distribution p (T,), with importance weights.
+    """Stratified inverse-CDF draws of t from a fixed distribution p (T,), with importance weights; the base
+    of every sampler (the interface the training loop calls, module docstring).
 
     ``reweight``: weight each draw by 1 / (T p(t)) (importance sampling of the uniform objective); False keeps
     weight 1, i.e. the objective becomes the mean under p (the stage- and chunk-balanced departures).
+    ``draws``: draws per image in training, one in each of ``draws`` strata of equal probability.
 
-    The sampler's tensors live on one device (``to``); ``from_uniforms`` and ``update`` run there without any
-    host read, so a training step on a GPU never waits on them.
+    The sampler's tensors live on one device (``to``); ``timesteps``, ``from_uniforms`` and ``update`` run there
+    without any host read, so a training step on a GPU never waits on them.
     """
 
-    def __init__(self, probs: torch.Tensor, reweight: bool):
+    uses_baseline = False  # whether ``update`` needs the frozen DM's own per-sample loss
+
+    def __init__(self, probs: torch.Tensor, reweight: bool, draws: int = 1):
         probs = torch.as_tensor(probs, dtype=torch.float64)
         if probs.ndim != 1 or (probs < 0).any() or not torch.isclose(probs.sum(), torch.ones((), dtype=torch.float64)):
             raise ValueError("timestep probabilities must be a non-negative vector summing to 1")
+        if draws < 1:
+            raise ValueError(f"draws per image must be >= 1, got {draws}")
         self.timesteps = len(probs)
         self.reweight = reweight
+        self.draws = draws
         self._probs = probs
+
+    def loader_draws(self) -> LoaderDraws:
+        """The draws the loader makes for this sampler: the stratified uniforms (and one eps per draw)."""
+        return LoaderDraws(uniforms=True, draws=self.draws)
+
+    def timesteps_of(self, batch: dict[str, torch.Tensor], device: torch.device
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """t and the importance weights (None: every weight 1, the plain mean) of a loader micro-batch, on
+        ``device``."""
+        return self.from_uniforms(batch["u"].to(device, non_blocking=True))
 
     @property
     def device(self) -> torch.device:
@@ -99,6 +161,25 @@ class TimestepSampler:
         pass
 
 
+class IndependentSampler(TimestepSampler):
+    """One independent draw of t per image, made by the loader (``LoaderDraws``): t ~ U{0..T-1} by
+    ``torch.randint`` (``probs`` None: the official sampling, and the DDPM's), or t ~ ``probs`` by
+    ``torch.multinomial`` (the stage- and chunk-balanced departures); weight 1 (the plain mean).
+    """
+
+    def __init__(self, timesteps: int, probs: torch.Tensor | None = None):
+        uniform = torch.full((timesteps,), 1.0 / timesteps, dtype=torch.float64)
+        super().__init__(uniform if probs is None else probs, reweight=False, draws=1)
+        self._loader_probs = None if probs is None else torch.as_tensor(probs, dtype=torch.float64).clone()
+
+    def loader_draws(self) -> LoaderDraws:
+        return LoaderDraws(probs=self._loader_probs)  # on the CPU, for the loader's workers
+
+    def timesteps_of(self, batch: dict[str, torch.Tensor], device: torch.device
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return batch["t"].to(device, non_blocking=True), None
+
+
 class LossAwareSampler(TimestepSampler):
     """p(t) proportional to sqrt(E[s(t)^2]) over the last ``history`` values of a statistic s at every t.
 
@@ -111,15 +192,17 @@ class LossAwareSampler(TimestepSampler):
     warm-up test is a device-side ``where``: nothing is read back to the host during training.
     """
 
-    def __init__(self, timesteps: int, statistic: str = "loss", history: int = 10, uniform_mix: float = 0.1):
+    def __init__(self, timesteps: int, statistic: str = "loss", history: int = 10, uniform_mix: float = 0.1,
+                 draws: int = 1):
         if statistic not in ("loss", "removed"):
             raise ValueError(f"unknown importance statistic {statistic!r}; expected 'loss' or 'removed'")
         if history < 1:
             raise ValueError(f"importance history must be >= 1, got {history}")
         if not 0 < uniform_mix <= 1:
             raise ValueError(f"importance uniform_mix must be in (0, 1], got {uniform_mix}")
-        super().__init__(torch.full((timesteps,), 1.0 / timesteps, dtype=torch.float64), reweight=True)
+        super().__init__(torch.full((timesteps,), 1.0 / timesteps, dtype=torch.float64), reweight=True, draws=draws)
         self.statistic, self.history, self.uniform_mix = statistic, history, uniform_mix
+        self.uses_baseline = statistic == "removed"
         # the ring buffers of every t, flat, plus one scratch slot that takes the writes a batch overrides
         self._buffer = torch.zeros(timesteps * history + 1, dtype=torch.float64)
         self.count = torch.zeros(timesteps, dtype=torch.int64)  # values ever recorded per t
@@ -196,12 +279,20 @@ class LossAwareSampler(TimestepSampler):
         self.count = torch.tensor(state["count"], dtype=torch.int64, device=device)
 
 
-def build_sampler(kind: str, partition, history: int = 10, uniform_mix: float = 0.1) -> TimestepSampler | None:
-    """The sampler of ``objective.timestep_sampling`` (None: the loader's own uniform / fixed draws suffice)."""
-    if kind == "loss_aware":
-        return LossAwareSampler(partition.timesteps, "loss", history, uniform_mix)
-    if kind == "loss_removed":
-        return LossAwareSampler(partition.timesteps, "removed", history, uniform_mix)
-    if kind == "uniform":
-        return TimestepSampler(partition.timestep_probs("uniform"), reweight=False)
-    return TimestepSampler(partition.timestep_probs(kind), reweight=False)
+# objective.timestep_sampling -> the statistic of an importance sampler; any other name is a fixed distribution
+# of the partition (Partition.timestep_probs: uniform, stage_balanced, chunk_balanced)
+IMPORTANCE = {"loss_aware": "loss", "loss_removed": "removed"}
+
+
+def build_sampler(kind: str, partition, history: int = 10, uniform_mix: float = 0.1, draws: int = 1
+                  ) -> TimestepSampler:
+    """The sampler of ``objective.timestep_sampling`` = ``kind`` with ``draws`` (t, eps) draws per image.
+
+    Importance sampling (``IMPORTANCE``) keeps ``history`` losses of every t and a ``uniform_mix`` floor; a
+    fixed distribution is drawn by the loader with one draw per image, stratified with several."""
+    if kind in IMPORTANCE:
+        return LossAwareSampler(partition.timesteps, IMPORTANCE[kind], history, uniform_mix, draws)
+    probs = partition.timestep_probs(kind)
+    if draws > 1:
+        return TimestepSampler(probs, reweight=False, draws=draws)
+    return IndependentSampler(partition.timesteps, None if kind == "uniform" else probs)

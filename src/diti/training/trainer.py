@@ -33,7 +33,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
-from ..config.schema import TrainConfig
+from ..config.schema import DataConfig, TrainConfig
 from ..errors import CheckpointSaveError, TrainingDiverged
 from ..folders.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..folders.files import atomic_write_text
@@ -57,39 +57,32 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 
 class Trainer:
-    """Runs ``cfg.steps`` optimizer steps of ``module`` on ``dataset``, writing checkpoints to ``out``."""
+    """Runs ``train.steps`` optimizer steps of ``module`` on ``dataset``, writing checkpoints to ``out``.
+
+    ``data``: the data config's loader settings (``hflip``, ``num_workers``); ``sampler``: where each draw's t
+    comes from (training/timesteps.py; the loop always asks it, and saves its state in every checkpoint).
+    """
 
     def __init__(
         self,
         module: torch.nn.Module,
         dataset: torch.utils.data.Dataset,
-        cfg: TrainConfig,
-        timesteps: int,
+        train: TrainConfig,
+        data: DataConfig,
+        sampler: TimestepSampler,
         out: Path,
-        hflip: bool = False,
-        num_workers: int | None = None,
-        t_probs: torch.Tensor | None = None,
         accelerator: Accelerator | None = None,
-        t_sampler: TimestepSampler | None = None,
-        draws: int = 1,
     ):
-        self.cfg = cfg
-        self.t_probs = t_probs  # None: t ~ U{0..T-1}
-        # t_sampler (training/timesteps.py): t drawn here, at the step, instead of by the loader (importance
-        # sampling, or several draws per image); the loader's noise is then replaced by the step's own draws
-        if draws < 1:
-            raise ValueError(f"draws per image must be >= 1, got {draws}")
-        if draws > 1 and t_sampler is None:
-            raise ValueError("several draws per image need a t_sampler")
-        self.t_sampler, self.draws = t_sampler, draws
-        self.hflip = hflip
+        cfg = self.cfg = train
+        self.t_sampler = sampler
+        self.hflip = data.hflip
         self.dataset = dataset
-        self.timesteps = timesteps
+        self.timesteps = sampler.timesteps
         self.out = Path(out)
         self.ckpt_dir = self.out / CHECKPOINTS
         self.acc = accelerator or make_accelerator(cfg)
         # None: 0 on CPU, min(8, cores) on CUDA (training/loader.py)
-        self.num_workers = default_num_workers(self.acc.device) if num_workers is None else num_workers
+        self.num_workers = default_num_workers(self.acc.device) if data.num_workers is None else data.num_workers
         world = self.acc.num_processes
         if cfg.batch_size % (world * cfg.grad_accum_steps):
             raise ValueError(
@@ -110,11 +103,10 @@ class Trainer:
             module.trainable_parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
         ))
         self.ema = EMA(self.named_trainable, cfg.ema_decay, cfg.ema_warmup)
-        if self.t_sampler is not None:
-            self.t_sampler.to(self.acc.device)
+        self.t_sampler.to(self.acc.device)
         self.step = 0
-        self.loss_sum = np.zeros(timesteps)  # per-time-step loss histogram (main process)
-        self.loss_count = np.zeros(timesteps, dtype=np.int64)
+        self.loss_sum = np.zeros(self.timesteps)  # per-time-step loss histogram (main process)
+        self.loss_count = np.zeros(self.timesteps, dtype=np.int64)
 
     # ------------------------------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -135,8 +127,7 @@ class Trainer:
         self.step = int(state["step"])
         self.loss_sum = np.asarray(state["loss_sum"], dtype=np.float64)
         self.loss_count = np.asarray(state["loss_count"], dtype=np.int64)
-        if self.t_sampler is not None:
-            self.t_sampler.load_state_dict(state.get("t_sampler", {}))
+        self.t_sampler.load_state_dict(state.get("t_sampler", {}))
         _truncate_metrics(self.out / METRICS, self.step)
         return True
 
@@ -147,9 +138,8 @@ class Trainer:
         return state
 
     def save(self) -> Path:
-        state = {"loss_sum": self.loss_sum.tolist(), "loss_count": self.loss_count.tolist()}
-        if self.t_sampler is not None:
-            state["t_sampler"] = self.t_sampler.state_dict()
+        state = {"loss_sum": self.loss_sum.tolist(), "loss_count": self.loss_count.tolist(),
+                 "t_sampler": self.t_sampler.state_dict()}
         try:
             path = save_checkpoint(
                 self.ckpt_dir, self.step, self.module.trainable_state_dict(), self.ema_state_dict(),
@@ -213,16 +203,16 @@ class Trainer:
 
     def loader(self):
         """An iterator over the micro-batches from ``self.step`` to ``cfg.steps`` (training/loader.py): every
-        random draw of a step (t, eps, flips, and the t-sampler's uniforms) is made there, in the workers."""
+        random draw of a step (those the t-sampler asks for: t, eps, flips, and its uniforms) is made there, in
+        the workers."""
         cfg, acc = self.cfg, self.acc
         sampler = StepBatchSampler(
             len(self.dataset), cfg.batch_size, cfg.seed, self.step, cfg.steps, acc.process_index,
             acc.num_processes, cfg.grad_accum_steps,
         )
         batches = StepBatches(
-            self.dataset, cfg.batch_size, tuple(self.dataset[0].shape), self.timesteps, cfg.seed, self.t_probs,
-            self.hflip, acc.process_index, acc.num_processes, cfg.grad_accum_steps,
-            uniforms=self.t_sampler is not None, draws=self.draws,
+            self.dataset, cfg.batch_size, tuple(self.dataset[0].shape), self.timesteps, cfg.seed, self.hflip,
+            acc.process_index, acc.num_processes, cfg.grad_accum_steps, t_draws=self.t_sampler.loader_draws(),
         )
         return iter(step_loader(batches, sampler, self.num_workers, acc.device))
 
@@ -268,12 +258,9 @@ class Trainer:
             except ValueError as err:  # an unreadable image; from a worker the message carries its traceback
                 raise ValueError(_data_error(err, self.step + 1)) from None
             x0 = batch["x0"].to(device, non_blocking=True)
-            t = batch["t"].to(device, non_blocking=True)
             noise = batch["noise"].to(device, non_blocking=True)  # (micro * m, ...) with m draws per image
-            weights = None
-            if self.t_sampler is not None:
-                # the loader's uniforms of this micro-batch's draws -> t and importance weights, on the device
-                t, weights = self.t_sampler.from_uniforms(batch["u"].to(device, non_blocking=True))
+            # the loader's draws of this micro-batch -> t and importance weights (None: all 1), on the device
+            t, weights = self.t_sampler.timesteps_of(batch, device)
             if cfg.channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
             sync = a == cfg.grad_accum_steps - 1  # gradients are all-reduced on the last micro-batch only
@@ -285,9 +272,9 @@ class Trainer:
             step_loss += objective.detach().float() / cfg.grad_accum_steps
             per_sample, t_seen = acc.gather(out.per_sample.detach().float()), acc.gather(out.t)
             self._record(per_sample, t_seen)
-            if self.t_sampler is not None:
-                baseline = acc.gather(out.baseline.detach().float()) if out.baseline is not None else None
-                self.t_sampler.update(t_seen, per_sample, baseline)
+            baseline = (acc.gather(out.baseline.detach().float())
+                        if self.t_sampler.uses_baseline and out.baseline is not None else None)
+            self.t_sampler.update(t_seen, per_sample, baseline)
         loss = acc.reduce(step_loss, reduction="mean")
         first_bad = (self._bad_step < 0) & ~torch.isfinite(loss)
         self._bad_step = torch.where(first_bad, torch.full_like(self._bad_step, self.step + 1), self._bad_step)
