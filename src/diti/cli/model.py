@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from ..folders import eval_dir
+from ..folders.layout import COUNTERFACTUAL_PNG, RECONSTRUCTION_PNG, manipulate_file
 from .common import ClipX0, Device, DmFolder, ModelFolder, floats, int_list
 
 
@@ -59,10 +61,8 @@ def counterfactual(
     out: Path = typer.Option(None, help="PNG to write (default RUN/eval/counterfactual.png)."),
 ):
     """DDIM-invert images, swap or interpolate chosen chunks/stages/dims of z, decode: a labelled grid PNG."""
-    from ..evaluation.runs import eval_dir
-
     pipe = _pipeline(run, device, dm=dm)
-    out = out or eval_dir(run) / "counterfactual.png"
+    out = out or eval_dir(run) / COUNTERFACTUAL_PNG
     kw = dict(alphas=floats(alphas, "--alphas"), mode=mode, x_T=x_t, num_steps=steps, progress=True,
               clip_x0=clip_x0)
     groups = None
@@ -93,11 +93,9 @@ def reconstruct(
     out: Path = typer.Option(None, help="PNG to write (default RUN/eval/reconstruction.png)."),
 ):
     """DDIM inversion and decoding with each image's own code: real vs reconstructed, and the MSE per image."""
-    from ..evaluation.runs import eval_dir
-
     pipe = _pipeline(run, device, dm=dm)
     x = pipe.images([s.strip() for s in images.split(",") if s.strip()], data, split)
-    path, mse = pipe.reconstruction_figure(x, out or eval_dir(run) / "reconstruction.png", steps, progress=True,
+    path, mse = pipe.reconstruction_figure(x, out or eval_dir(run) / RECONSTRUCTION_PNG, steps, progress=True,
                                            clip_x0=clip_x0)
     typer.echo(f"mean squared error on [-1, 1]: {np.mean(mse):.5f} ({', '.join(f'{m:.5f}' for m in mse)})\n"
                f"wrote {path}")
@@ -122,12 +120,10 @@ def manipulate(
     """ProbMask attribute edit with d' dims of z (as in the DiTi paper), decoded with DDIM: a grid PNG.
 
     The fitted direction is saved beside the PNG (JSON, with the checkpoint it belongs to)."""
-    from ..evaluation.runs import eval_dir
-
     pipe = _pipeline(run, device, dm=dm)
     result = pipe.probmask(attribute, data, fit_split, target_class=target_class, d_prime=d_prime, progress=True)
     x = pipe.images(images.split(","), data, split)
-    out = out or eval_dir(run) / f"manipulate-{attribute}.png"
+    out = out or eval_dir(run) / manipulate_file(attribute, ".png")
     path = pipe.manipulation_figure(x, result, out, strengths=floats(strengths, "--strengths"), num_steps=steps,
                                     attribute=attribute, progress=True, clip_x0=clip_x0)
     pipe.save_probmask(result, Path(path).with_suffix(".json"), decoding={"ddim_steps": steps, "clip_x0": clip_x0})

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from .files import write_json
+from .layout import manipulate_file
 
 R = TypeVar("R", bound="Result")
 
@@ -448,7 +449,7 @@ class SavedProbMask:
     back with everything else the file holds; ``extra``: what is saved beside it (e.g. how the figure beside it
     was decoded)."""
 
-    GLOB: ClassVar[str] = "manipulate-*.json"
+    GLOB: ClassVar[str] = manipulate_file("*")
 
     direction: dict
     checkpoint: str | None
@@ -456,7 +457,7 @@ class SavedProbMask:
 
     @staticmethod
     def file(attribute: str) -> str:
-        return f"manipulate-{attribute}.json"
+        return manipulate_file(attribute)
 
     @property
     def target(self) -> str | None:
