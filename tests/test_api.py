@@ -277,6 +277,14 @@ def test_export_and_load_refuse_what_does_not_fit(tmp_path, run_copy, model):
         diti.load(tmp_path / "nope")
 
 
+def test_an_export_is_opened_by_the_components_its_model_index_names(tmp_path, model):
+    export = model.save_pretrained(tmp_path / "export")
+    index = json.loads((export / "model_index.json").read_text())
+    (export / "model_index.json").write_text(json.dumps({**index, "shift_decoder": ["diti", "OtherDecoder"]}))
+    with pytest.raises(ValueError, match=r"names 'shift_decoder' \['diti', 'OtherDecoder'\]"):
+        diti.load(export)
+
+
 def test_a_run_whose_dm_moved_loads_with_dm(tmp_path, run_copy, model, pair, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     run = tmp_path / "run"

@@ -148,3 +148,30 @@ def test_several_draws_per_image_encode_once_and_keep_the_loss_scale(random_dm):
     assert torch.allclose(out.mean, single.mean, atol=1e-7)
     with pytest.raises(ValueError, match="m draws"):
         model(x0, t[:5], noise[:5])
+
+
+def test_every_run_has_a_sampler_and_the_loader_draws_what_it_asks(shapes16):
+    """One interface: the loader makes the draws a sampler asks for, the sampler turns a micro-batch into t."""
+    from diti.data import open_dataset
+    from diti.training.loader import StepBatches, StepBatchSampler
+    from diti.training.randomness import step_noise
+    from diti.training.timesteps import IndependentSampler
+
+    part = Partition(16, 4, T)
+    ds = open_dataset(shapes16, "train")
+    key = next(iter(StepBatchSampler(len(ds), 8, 3, 5, 6)))
+    cpu = torch.device("cpu")
+    # one draw per image: the loader's own t (randint for uniform p, multinomial for a balanced p), weight 1
+    for kind, probs in (("uniform", None), ("chunk_balanced", part.timestep_probs("chunk_balanced"))):
+        sampler = build_sampler(kind, part)
+        assert isinstance(sampler, IndependentSampler)
+        micro = StepBatches(ds, 8, (3, 16, 16), T, seed=3, t_draws=sampler.loader_draws()).__getitems__(key)
+        t, noise, _ = step_noise(8, (3, 16, 16), T, step=5, seed=3, t_probs=probs)
+        t_seen, weights = sampler.timesteps_of(micro, cpu)
+        assert torch.equal(t_seen, t) and torch.equal(micro["noise"], noise) and weights is None
+    # several draws per image: stratified uniforms and one noise per draw, turned into t by the sampler
+    sampler = build_sampler("chunk_balanced", part, draws=2)
+    micro = StepBatches(ds, 8, (3, 16, 16), T, seed=3, t_draws=sampler.loader_draws()).__getitems__(key)
+    assert micro["u"].shape == (16,) and micro["noise"].shape == (16, 3, 16, 16)
+    t_seen, weights = sampler.timesteps_of(micro, cpu)
+    assert torch.equal(t_seen, sampler.draw(8, 2, seed=3, step=5)[0]) and torch.equal(weights, torch.ones(16))
