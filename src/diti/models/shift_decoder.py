@@ -159,7 +159,8 @@ class ShiftDecoder(nn.Module):
     def frozen_features(self, x_t: torch.Tensor, t: torch.Tensor) -> FrozenFeatures:
         """The frozen DM's forward (as UNet2DModel.forward), keeping what the trainable path needs; in float32
         with autocast switched off when ``frozen_fp32``."""
-        if self.frozen_fp32 and torch.is_autocast_enabled(x_t.device.type):
+        kind = x_t.device.type
+        if self.frozen_fp32 and torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
             with torch.autocast(x_t.device.type, enabled=False):
                 return self._frozen_features(x_t.float(), t)
         return self._frozen_features(x_t, t)
