@@ -370,7 +370,7 @@ def cpu_peak_memory(args, size) -> dict:
 MODE_FLAGS = ("bf16", "compile", "channels_last", "fused", "dm_bf16", "dm_fp32", "sdpa_math")
 MODES = {name: {f: f in flags for f in MODE_FLAGS} for name, flags in {
     "fp32": (),
-    "bf16": ("bf16",),
+    "bf16": ("bf16",),  # everything under autocast, the frozen DM's forward too
     "channels_last": ("channels_last",),
     "bf16+channels_last": ("bf16", "channels_last"),
     "fused_adam": ("fused",),
@@ -403,10 +403,10 @@ def mode_step(module, params_of, batch: int, resolution: int, device, mode: str)
     bf16, compile_, channels_last, fused = flags["bf16"], flags["compile"], flags["channels_last"], flags["fused"]
     if channels_last:
         module.to(memory_format=torch.channels_last)
+    if hasattr(module, "decoder"):  # a DiTi model: the frozen forward in float32 only in the dm_fp32 modes
+        module.decoder.frozen_fp32 = flags["dm_fp32"]
     if flags["dm_bf16"]:
         module.decoder.dm.to(torch.bfloat16)
-    if flags["dm_fp32"]:
-        module.decoder.frozen_fp32 = True
     params = params_of(module)
     run = torch.compile(module) if compile_ else module
     opt = torch.optim.Adam(params, lr=1e-4, fused=True if fused else None)
