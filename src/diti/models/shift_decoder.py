@@ -157,12 +157,18 @@ class ShiftDecoder(nn.Module):
     # ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def frozen_features(self, x_t: torch.Tensor, t: torch.Tensor) -> FrozenFeatures:
-        """The frozen DM's forward (as UNet2DModel.forward), keeping what the trainable path needs; in float32
-        with autocast switched off when ``frozen_fp32``."""
+        """The frozen DM's forward (as UNet2DModel.forward), keeping what the trainable path needs.
+
+        Under autocast with ``frozen_fp32`` it runs in float32 with autocast switched off: eps_theta, the loss's
+        target, stays float32; the features (time embedding, h, skips), which only the trainable copy reads and
+        which autocast would cast at each use, are cast to the autocast dtype once.
+        """
         kind = x_t.device.type
         if self.frozen_fp32 and torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
-            with torch.autocast(x_t.device.type, enabled=False):
-                return self._frozen_features(x_t.float(), t)
+            with torch.autocast(kind, enabled=False):
+                f = self._frozen_features(x_t.float(), t)
+            dtype = torch.get_autocast_dtype(kind)
+            return FrozenFeatures(f.eps, f.temb.to(dtype), f.h.to(dtype), tuple(s.to(dtype) for s in f.skips))
         return self._frozen_features(x_t, t)
 
     def _frozen_features(self, x_t: torch.Tensor, t: torch.Tensor) -> FrozenFeatures:
