@@ -7,9 +7,16 @@ import pytest
 from diti.demo import run_demo
 
 
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory):
+    """One quick demo run, DiTi and PDAE one after the other (shared by the tests below)."""
+    tmp_path = tmp_path_factory.mktemp("sequential")
+    return tmp_path, run_demo(tmp_path / "demo", quick=True, steps=4, processes=1)
+
+
 @pytest.mark.slow
-def test_quick_demo_writes_summary(tmp_path):
-    summary = run_demo(tmp_path / "demo", quick=True, steps=4)
+def test_quick_demo_writes_summary(sequential):
+    tmp_path, summary = sequential
     assert (tmp_path / "demo" / "report.html").read_text().startswith("<!DOCTYPE html>")
     text = summary.read_text()
     data = json.loads((tmp_path / "demo" / "summary.json").read_text())
@@ -35,3 +42,16 @@ def test_quick_demo_writes_summary(tmp_path):
     assert "{" not in text  # every placeholder was formatted
     assert set(data["elapsed_s"]) >= {"data", "dm", "train DiTi", "train PDAE", "encode + probe",
                                       "disentanglement", "counterfactuals", "fidelity", "attribute loss", "total"}
+
+
+@pytest.mark.slow
+def test_the_demo_in_two_processes_gives_the_same_numbers(sequential, tmp_path):
+    """DiTi and PDAE trained and evaluated side by side (two processes) give the sequential run's numbers."""
+    run_demo(tmp_path / "par", quick=True, steps=4, processes=2)
+    seq, par = (json.loads((d / "summary.json").read_text()) for d in (sequential[0] / "demo", tmp_path / "par"))
+    assert "train DiTi + PDAE (2 processes)" in par["elapsed_s"] and "train DiTi" in seq["elapsed_s"]
+    for method in ("DiTi", "PDAE"):
+        a, b = seq["methods"][method], par["methods"][method]
+        assert a["probe"]["mean"] == b["probe"]["mean"]
+        assert a["disentangle"]["dci"] == b["disentangle"]["dci"] and a["disentangle"]["mig"] == b["disentangle"]["mig"]
+        assert a["fidelity"]["takes_source"] == b["fidelity"]["takes_source"]

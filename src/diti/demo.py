@@ -13,6 +13,7 @@ report.html. Every stage prints its elapsed time; the summary reports what was m
 from __future__ import annotations
 
 import json
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,11 +70,75 @@ SETTINGS = {
 }
 
 
-def run_demo(out: str | Path, data_seed: int = 0, steps: int | None = None, quick: bool = False) -> Path:
-    """Run the demo into ``out``; returns the path of summary.md. ``quick`` shrinks everything (tests)."""
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _in_processes(jobs: list[tuple], processes: int) -> list:
+    """Run ``(function, *args)`` jobs, in ``processes`` spawned processes of ``cores // processes`` torch threads
+    each when ``processes`` > 1 (DiTi's and PDAE's training and evaluation are independent), else here."""
+    if processes <= 1:
+        return [fn(*args) for fn, *args in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, _cores() // processes)
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_set_threads, initargs=(threads,)) as pool:
+        futures = [pool.submit(fn, *args) for fn, *args in jobs]
+        return [f.result() for f in futures]
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _train(cfg: DiTiConfig, run: Path) -> Path:
+    return train_diti(cfg, run, resume=(run / CONFIG).is_file())
+
+
+def _disentangle(method: str, run: Path, data: Path, reference: Path | None, protocol: str, progress: bool,
+                 n_jobs: int | None) -> dict:
+    """Encode, DCI / MIG / FactorVAE and alignment of one run; writes RUN/eval/disentangle.json."""
+    model, cfg = load_diti_run(run)
+    train = run_features(model, cfg, run, data, "train", progress=False)
+    test = run_features(model, cfg, run, data, "test", progress=False)
+    # one row per chunk for DiTi (k <= 8 here), four dim slices for PDAE; PDAE's chunk-level metrics on the DiTi
+    # run's chunks. The fast protocol keeps the demo in its budget (named in the JSON).
+    ref = load_diti_run(reference)[0].partition if reference is not None and model.partition.k == 1 else None
+    dis = disentangle_features(train, test, model.partition, protocol=protocol, reference_partition=ref,
+                               max_groups=max(model.partition.k, 4), progress=progress, n_jobs=n_jobs)
+    write_disentangle(dis, eval_dir(run), method)
+    return {k: dis[k] for k in ("protocol", "dci", "mig", "factor_vae", "chunk_level", "alignment")}
+
+
+def _fidelity(method: str, run: Path, classifier: Path, pairs: int, steps: int, info: dict, progress: bool) -> dict:
+    """Counterfactual fidelity of one run with the saved factor classifier; writes RUN/eval/fidelity.json."""
+    model, cfg = load_diti_run(run)
+    train_set, test_set = cfg.data.open("train"), cfg.data.open("test")
+    clf, _ = factor_classifier(classifier, train_set, test_set, 0)
+    fid = counterfactual_fidelity(model, clf, test_set, num_pairs=pairs, num_steps=steps, progress=progress)
+    fid.classifier = info
+    fid.write(eval_dir(run))
+    plot_fidelity(fid, eval_dir(run) / fid.FIGURE, title=method)
+    return fid.to_dict()
+
+
+def run_demo(out: str | Path, data_seed: int = 0, steps: int | None = None, quick: bool = False,
+             processes: int | None = None) -> Path:
+    """Run the demo into ``out``; returns the path of summary.md. ``quick`` shrinks everything (tests).
+
+    ``processes``: DiTi's and PDAE's training, disentanglement and fidelity run side by side in this many
+    processes (default: 2 where the machine has 2 cores or more and not ``quick``, else 1); the models and
+    numbers are those of the sequential run (every draw is a function of the seed and the step).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     s = SETTINGS["quick" if quick else "full"]
+    processes = processes if processes is not None else (1 if quick else min(2, _cores()))
+    parallel = processes > 1
     timer = StageTimer()
     # ``steps`` (tests) shortens both the DM pretraining (only when no DM is shipped) and the training
     extra = [] if steps is None else [f"train.steps={steps}"]
@@ -91,14 +156,18 @@ def run_demo(out: str | Path, data_seed: int = 0, steps: int | None = None, quic
             dm = pretrain(cfg, out / "dm-run", resume=(out / "dm-run" / CONFIG).is_file())
         typer.echo(f"   frozen DM: {dm}")
 
-    runs: dict[str, Path] = {}
-    for method, overrides in METHODS.items():
-        with timer(f"train {method}"):
-            cfg = build_config(DiTiConfig, s["preset"], overrides=[
-                f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}",
-                f"train.progress={str(s['progress']).lower()}", *overrides, *train_extra])
-            run = out / method.lower()
-            runs[method] = train_diti(cfg, run, resume=(run / CONFIG).is_file())
+    runs: dict[str, Path] = {method: out / method.lower() for method in METHODS}
+    configs = {method: build_config(DiTiConfig, s["preset"], overrides=[
+        f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}",
+        f"train.progress={str(s['progress'] and not parallel).lower()}", *overrides, *train_extra])
+        for method, overrides in METHODS.items()}
+    if parallel:  # one process per model (two progress bars would garble each other: none is shown)
+        with timer(f"train {' + '.join(METHODS)} ({processes} processes)"):
+            _in_processes([(_train, configs[m], runs[m]) for m in METHODS], processes)
+    else:
+        for method in METHODS:
+            with timer(f"train {method}"):
+                _train(configs[method], runs[method])
 
     models = {m: load_diti_run(run) for m, run in runs.items()}
     cfg = models["DiTi"][1]
@@ -122,18 +191,11 @@ def run_demo(out: str | Path, data_seed: int = 0, steps: int | None = None, quic
                              for i, n in enumerate(attrs.names)}
 
     with timer("disentanglement"):
-        for method, run in runs.items():
-            model, cfg = models[method]
-            train = run_features(model, cfg, run, data, "train", progress=False)
-            test = run_features(model, cfg, run, data, "test", progress=False)
-            # one row per chunk for DiTi (k <= 8 here), four dim slices for PDAE; PDAE's chunk-level metrics
-            # on the DiTi run's chunks. The fast protocol keeps the demo in its budget (named in the JSON).
-            ref = models["DiTi"][0].partition if model.partition.k == 1 else None
-            dis = disentangle_features(train, test, model.partition, protocol=s["protocol"], reference_partition=ref,
-                                       max_groups=max(model.partition.k, 4), progress=s["progress"])
-            write_disentangle(dis, eval_dir(run), method)
-            results["methods"][method]["disentangle"] = {
-                k: dis[k] for k in ("protocol", "dci", "mig", "factor_vae", "chunk_level", "alignment")}
+        # side by side, each process fits its factors' GBTs one after another; alone, one process per factor
+        done = _in_processes([(_disentangle, m, runs[m], data, runs["DiTi"], s["protocol"],
+                               s["progress"] and not parallel, 1 if parallel else None) for m in runs], processes)
+        for method, dis in zip(runs, done, strict=True):
+            results["methods"][method]["disentangle"] = dis
 
     with timer("counterfactuals"):
         for method, run in runs.items():
@@ -144,16 +206,13 @@ def run_demo(out: str | Path, data_seed: int = 0, steps: int | None = None, quic
     with timer("fidelity"):
         cfg = models["DiTi"][1]
         train_set, test_set = cfg.data.open("train"), cfg.data.open("test")
-        clf, info = factor_classifier(out / "factor_classifier.safetensors", train_set, test_set,
-                                      s["classifier_epochs"])
+        classifier = out / "factor_classifier.safetensors"
+        _, info = factor_classifier(classifier, train_set, test_set, s["classifier_epochs"])
         results["factor_classifier"] = info
-        for method, run in runs.items():
-            fid = counterfactual_fidelity(models[method][0], clf, test_set, num_pairs=s["fidelity_pairs"],
-                                          num_steps=s["fidelity_steps"], progress=s["progress"])
-            results["methods"][method]["fidelity"] = fid.to_dict()
-            fid.classifier = info
-            fid.write(eval_dir(run))
-            plot_fidelity(fid, eval_dir(run) / fid.FIGURE, title=method)
+        done = _in_processes([(_fidelity, m, runs[m], classifier, s["fidelity_pairs"], s["fidelity_steps"], info,
+                               s["progress"] and not parallel) for m in runs], processes)
+        for method, fid in zip(runs, done, strict=True):
+            results["methods"][method]["fidelity"] = fid
 
     with timer("attribute loss"):
         dm_eval = out / "dm-eval"
