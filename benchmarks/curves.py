@@ -53,6 +53,7 @@ from diti.training.jobs import pretrain, train_diti
 ROOT = Path(__file__).resolve().parent
 # name -> (description, config overrides on top of the preset). "sg" = stop_grad. "diti-imb-sg" is built from
 # the DM's attribute-loss crossings at run time (imbalanced_overrides).
+PRECISIONS = {"fp32": "no", "bf16": "bf16"}  # --precision -> train.mixed_precision
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "pdae": ("PDAE (k=1)", ["partition.k=1", "partition.mode=base"]),
     "diti-k8-sg": ("DiTi balanced k=8, stop_grad", ["partition.k={k}", "partition.mode=stop_grad"]),
@@ -562,7 +563,8 @@ def main(argv=None) -> dict:
         p.error("--set changes the experiment: give --tag to keep its points apart")
     tag = args.tag or ("" if args.precision == "fp32" else args.precision)
     suffix = f"-{tag}" if tag else ""
-    extra = (() if args.precision == "fp32" else (f"train.mixed_precision={args.precision}",)) + tuple(args.extra)
+    # explicit in both cases: the presets' default (auto) depends on the machine, the points must not
+    extra = (f"train.mixed_precision={PRECISIONS[args.precision]}",) + tuple(args.extra)
     out = Path(args.out or f"runs/bench-curves{suffix}")
     results = Path(args.results) if args.results else (out / "results" if args.quick
                                                          else ROOT / "results" / f"curves{suffix}")

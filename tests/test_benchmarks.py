@@ -346,3 +346,26 @@ def test_curves_quick_label_free_partition(tmp_path):
     curve = json.loads(source.read_text())
     assert curve["pdae_steps"] == 4 and len(curve["removed_loss"]) == 1000
     assert sum(row["dims"] for row in point["partition"]) == 16 and len(point["partition"]) == 4
+
+
+def test_compare_curves_flags_a_difference_beyond_the_seeds_spread(tmp_path, capsys):
+    """Two constructed sets of points: the probe mean moves by 0.001 (within), DCI-D by 0.1 (outside)."""
+    script = runpy.run_path(str(BENCH / "compare_curves.py"))
+    diff, tol, ok = script["within"]([0.70, 0.72, 0.74], [0.71, 0.73, 0.75])
+    # s = 0.02 on both sides, n = 3: tolerance 2 sqrt(2 x 0.0004 / 3) = 0.03266
+    assert diff == pytest.approx(0.01) and tol == pytest.approx(2 * (2 * 0.0004 / 3) ** 0.5) and ok
+    for name, shift in (("a", 0.0), ("b", 1.0)):
+        for seed, noise in enumerate((-0.01, 0.0, 0.01)):
+            path = tmp_path / name / "pdae" / f"seed{seed}" / "step000100.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps({
+                "variant": "pdae", "seed": seed, "step": 100, "images": 6400,
+                "metrics": {"probe_mean": 0.7 + noise + 0.001 * shift, "dci_d": 0.3 + noise + 0.1 * shift},
+                "probe": {"colour": 0.9 + noise, "shape": 0.5 + 0.2 * shift}}))
+    rows = script["main"](["--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--variants", "pdae",
+                           "--out", str(tmp_path / "eq")])
+    verdict = {r["metric"]: r["within"] for r in rows}
+    assert verdict == {"probe_mean": True, "dci_d": False}
+    text = (tmp_path / "eq" / "equivalence.md").read_text()
+    assert "| pdae | 6,400 | shape | 0.500 ± 0.000 | 0.700 ± 0.000 | +0.200 | **no** |" in text
+    assert (tmp_path / "eq" / "equivalence.png").is_file()
