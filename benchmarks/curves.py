@@ -13,6 +13,8 @@ and a random encoder are the references.
     python benchmarks/curves.py --plot-only                     # figures + tables from the committed JSON
     python benchmarks/curves.py --quick --out /tmp/c            # a minute; format check (used by the tests)
     python benchmarks/curves.py --precision bf16 --variants pdae,diti-k8-sg --jobs 2   # the fast mode's curves
+    python benchmarks/curves.py --data-version 1 --resolution 32 --dm src/diti/assets/dm-shapes32 --tag v1 \
+        --variants pdae,diti-k8-sg,diti-rl-sg --jobs 2       # version 1: every factor lost at t ~ 540-800
 
 ``--precision bf16`` trains every learned variant under bf16 autocast (``train.mixed_precision=bf16``; the
 evaluation stays float32) and keeps its points apart (default RESULTS benchmarks/results/curves-bf16, run
@@ -93,10 +95,10 @@ BASELINES = {"pixel-pca": "first d principal components of the train pixels",
 # k: the chunks of the DiTi variants ("{k}" above; 8, or 4 for the quick preset's d = 16), which also group
 # PDAE's dims for its chunk-level metrics (the balanced DiTi run beside it).
 SETTINGS = {
-    "full": dict(preset="shapes2-bench", resolution=16, n_train=10000, n_test=2000, protocol="reference",
+    "full": dict(preset="shapes2-bench", version=2, resolution=16, n_train=10000, n_test=2000, protocol="reference",
                  points=[250, 500, 1000, 2000, 4000], dci_points=2, seeds="0,1,2", k=8, probe_steps=None,
                  supervised_steps=4000, rl_steps=500),
-    "quick": dict(preset="shapes-quick", resolution=16, n_train=256, n_test=64, protocol="fast",
+    "quick": dict(preset="shapes-quick", version=2, resolution=16, n_train=256, n_test=64, protocol="fast",
                   points=[2, 4], dci_points=1, seeds="0", k=4, probe_steps=200, supervised_steps=20, rl_steps=4),
 }
 # Metrics drawn as curves: key in a point's "metrics" -> axis label.
@@ -237,7 +239,7 @@ def run_curve(variant: str, seed: int, s: dict, data: str, dm: str, out: str, re
                        reference if model.partition.k == 1 else None)
         losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         row.update(variant=variant, seed=seed, step=step, images=step * cfg.train.batch_size,
-                   precision=cfg.train.mixed_precision,
+                   precision=cfg.train.mixed_precision, data={"version": s["version"], "resolution": s["resolution"]},
                    losses=[[r["step"], r["loss"]] for r in losses if r["step"] <= step],
                    train_seconds=sum(x["seconds"] for x in segments), segments=segments,
                    eval_seconds=time.perf_counter() - t1, partition=model.partition.describe(),
@@ -537,7 +539,11 @@ def main(argv=None) -> dict:
     p.add_argument("--seeds", default=None, help="comma list (default 0,1,2; quick: 0)")
     p.add_argument("--points", default=None, help="comma list of optimizer steps (default 250,...,4000)")
     p.add_argument("--dci-points", type=int, default=None, help="DCI at the last N points (default 2; quick 1)")
-    p.add_argument("--dm", default=None, help="frozen DM (default: the shipped dm-shapes2-16)")
+    p.add_argument("--dm", default=None, help="frozen DM (default: the shipped dm-shapes2-16; needed with "
+                   "--data-version 1 or --resolution 32, e.g. the shipped dm-shapes32 for version 1 at 32 px)")
+    p.add_argument("--data-version", type=int, choices=[1, 2], default=None,
+                   help="shapes data version (default 2; 1: every factor lost at t ~ 540-800); give --tag")
+    p.add_argument("--resolution", type=int, choices=[16, 32], default=None, help="image size (default 16)")
     p.add_argument("--attribute-loss", default=None, help="the DM's attribute_loss.json (default: beside the "
                    "shipped DM) for the diti-imb-sg variant")
     p.add_argument("--jobs", type=int, default=1, help="(variant, seed) jobs in parallel, one thread each")
@@ -559,8 +565,15 @@ def main(argv=None) -> dict:
         s["points"] = sorted(int(x) for x in args.points.split(","))
     if args.dci_points is not None:
         s["dci_points"] = args.dci_points
+    if args.data_version is not None:
+        s["version"] = args.data_version
+    if args.resolution is not None:
+        s["resolution"] = args.resolution
     if args.extra and not args.tag:
         p.error("--set changes the experiment: give --tag to keep its points apart")
+    if (s["version"], s["resolution"]) != (2, 16) and not (args.tag and (args.dm or args.quick)):
+        p.error("--data-version / --resolution change the benchmark: give --tag to keep its points apart and "
+                "--dm, a DM trained on that data (the shipped one is for version 2 at 16 px)")
     tag = args.tag or ("" if args.precision == "fp32" else args.precision)
     suffix = f"-{tag}" if tag else ""
     # explicit in both cases: the presets' default (auto) depends on the machine, the points must not
@@ -579,7 +592,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     data = generate_shapes(out / "data", resolution=s["resolution"], n_train=s["n_train"], n_test=s["n_test"],
-                           seed=0, progress=False, version=2)
+                           seed=0, progress=False, version=s["version"])
     attribute_loss = args.attribute_loss
     if args.dm:
         dm = Path(args.dm)

@@ -89,6 +89,14 @@ def test_curves_quick(tmp_path, capsys):
     point = bf16["table"]["pdae"][2][0]
     assert point["precision"] == "bf16" and "train.mixed_precision=bf16" in point["overrides"]
     assert (tmp_path / "b" / "results" / "pdae" / "seed0" / "step000002.json").is_file()
+    assert point["data"] == {"version": 2, "resolution": 16}
+    # another data version: only with a tag (its own folders) and, in full mode, a DM trained on that data
+    with pytest.raises(SystemExit):
+        main(["--quick", "--data-version", "1", "--variants", "pdae", "--out", str(tmp_path / "v1")])
+    v1 = main(["--quick", "--data-version", "1", "--tag", "v1", "--variants", "pdae", "--points", "2",
+               "--out", str(tmp_path / "v1")])
+    point = v1["table"]["pdae"][2][0]
+    assert point["data"] == {"version": 1, "resolution": 16} and len(point["probe"]) != 8
 
 
 def test_dm_check_quick(tmp_path, capsys):
