@@ -305,3 +305,40 @@ def test_formats_and_check_know_the_four(tmp_path, monkeypatch):
     result = runner.invoke(app, ["data", "check", str(bad), "--out", str(tmp_path / "check.json")])
     assert result.exit_code == 1 and "no dataset 'labels'" in result.output
     assert json.loads((tmp_path / "check.json").read_text())["counts"]["error"] == 3  # one per split
+
+
+# --- end to end on a 16-px fixture ---------------------------------------------------------------------------
+def test_pretrain_train_and_the_peers_protocol_on_a_shapes3d_file_at_16px(tmp_path, monkeypatch):
+    """3dshapes.h5 in the released layout (on a 600-image grid) -> `diti pretrain --preset shapes3d64` ->
+    `diti train --preset shapes3d64-diti` -> `diti disentangle --protocol peers`, at data.resolution=16. The
+    presets' networks are narrowed here (same levels and attention, 16-32 channels) to keep the test short; the
+    presets' own sizes are tested in test_config.py."""
+    sizes = (2, 2, 2, 5, 3, 5)
+    monkeypatch.setitem(gt.SHAPES3D.grids, 600, sizes)
+    data = write_shapes3d(tmp_path / "s3d", sizes, full_images=True)
+    dm, run = tmp_path / "dm", tmp_path / "run"
+    small = ["-s", "data.resolution=16", "-s", "train.batch_size=8", "-s", "train.progress=false"]
+
+    def invoke(*args):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    narrow_unet = ["-s", "unet.block_out_channels=[16,32,32,32]", "-s", "unet.norm_num_groups=8",
+                   "-s", "unet.attention_head_dim=8"]
+    narrow_encoder = ["-s", "encoder.channels=[16,32,32,32]", "-s", "encoder.norm_groups=8"]
+    invoke("pretrain", "--preset", "shapes3d64", "--data", data, "--out", dm, "--steps", 2, *small, *narrow_unet)
+    invoke("train", "--preset", "shapes3d64-diti", "--dm", dm, "--data", data, "--out", run, "--steps", 2, *small,
+           *narrow_encoder)
+    config = (run / "config.yaml").read_text()
+    assert "resolution: 16" in config and "latent_dim: 192" in config
+    out = invoke("disentangle", run, "--data", data, "--protocol", "peers", "--jobs", 1)
+    assert "protocol peers" in out
+    result = json.loads((run / "eval" / "disentangle.json").read_text())
+    proto = result["protocol"]
+    assert proto["name"] == "peers" and proto["chunk_reduce"] == "pca"
+    assert proto["dci_train_rows"] == 540 and proto["dci_test_rows"] == 60  # every row of the 90 / 10 % split
+    assert len(proto["chunk_reduction"]["explained_variance_ratio"]) == 6  # one dim per chunk, k = 6
+    assert result["factors"] == list(gt.SHAPES3D.factors)
+    for value in (result["dci"]["disentanglement"], result["mig"]["mig"], result["factor_vae"]["eval_accuracy"]):
+        assert 0.0 <= value <= 1.0
