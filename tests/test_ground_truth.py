@@ -159,6 +159,11 @@ def test_dsprites_extracts_its_compressed_images_once(tmp_path, monkeypatch):
     stamp = cached[0].stat().st_mtime_ns
     assert open_dataset(root, "test", 16).read_images([0]).shape == (1, 16, 16, 3)
     assert cached[0].stat().st_mtime_ns == stamp  # opened again from the cache, not extracted again
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("DITI_CACHE", str(blocked))
+    with pytest.raises(ValueError, match="cannot write the cache folder .* set \\$DITI_CACHE"):
+        open_dataset(root)
 
 
 @pytest.mark.parametrize("kwargs, message", [

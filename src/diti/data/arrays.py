@@ -148,11 +148,23 @@ def cache_file(source: Path, tag: str) -> Path:
     return cache_dir() / f"{source.name}.{tag}.{digest}.npy"
 
 
+def writable_cache(target: Path) -> None:
+    """Make the cache folder of ``target``; ValueError naming $DITI_CACHE when it cannot be written."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        probe = target.parent / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"cannot write the cache folder {target.parent} ({err.strerror or err}); set "
+                         f"${CACHE_ENV} to a folder with room for the extracted array") from None
+
+
 def _extracted(path: Path, name: str, header: MemberHeader) -> Path:
     target = cache_file(path, name)
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    writable_cache(target)
     nbytes = int(np.prod(header.shape)) * header.dtype.itemsize
     logger.warning(
         "%s:%s is compressed, so it cannot be read lazily; extracting it once (%.1f GB) to %s",

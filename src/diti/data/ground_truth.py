@@ -24,7 +24,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .arrays import H5Array, MappedArray, cache_file, h5_datasets, npz_headers, npz_member, take
+from .arrays import (
+    H5Array,
+    MappedArray,
+    cache_file,
+    h5_datasets,
+    npz_headers,
+    npz_member,
+    take,
+    writable_cache,
+)
 from .attributes import Attributes
 from .datasets import ImageDataset
 from .images import fit_square
@@ -388,7 +397,7 @@ def gather_meshes(root: Path, meshes: list[Path]) -> MappedArray:
     if not target.is_file():
         for m in meshes[:1]:
             _read_mesh(m)  # a wrong layout is refused before anything is written
-        target.parent.mkdir(parents=True, exist_ok=True)
+        writable_cache(target)
         logger.warning("gathering the %d Cars3D meshes of %s once into %s", n_obj, root, target)
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")
         try:
