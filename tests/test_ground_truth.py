@@ -122,7 +122,7 @@ def test_shapes3d_wrong_layouts_are_refused(tmp_path, monkeypatch):
 DSPRITES_SMALL = (3, 2, 2, 2, 2)
 
 
-def write_dsprites(root, sizes=DSPRITES_SMALL, imgs_shape=None, drop=(), swap=False):
+def write_dsprites(root, sizes=DSPRITES_SMALL, imgs_shape=None, drop=(), swap=False, scale=1):
     """The released npz (np.savez_compressed, as DeepMind's file): imgs uint8 (N, 64, 64) in {0, 1},
     latents_classes int64 (N, 6) and latents_values float64 (N, 6) with the one-valued colour first, metadata
     a pickled dict."""
@@ -134,7 +134,7 @@ def write_dsprites(root, sizes=DSPRITES_SMALL, imgs_shape=None, drop=(), swap=Fa
         classes[:, [4, 5]] = classes[:, [5, 4]]
     values = np.concatenate([np.ones((n, 1)), classes[:, 1:2] + 1.0, 0.5 + 0.1 * classes[:, 2:3],
                              classes[:, 3:4] * np.pi / 20, classes[:, 4:] / 31], axis=1)
-    imgs = (_bands(codes, sizes)[..., 0] > 100).astype(np.uint8)
+    imgs = (_bands(codes, sizes)[..., 0] > 100).astype(np.uint8) * np.uint8(scale)
     members = {"imgs": imgs.reshape(imgs_shape) if imgs_shape else imgs, "latents_classes": classes,
                "latents_values": values, "metadata": np.array({"latents_sizes": np.array([1, *sizes])})}
     for key in drop:
@@ -170,13 +170,14 @@ def test_dsprites_extracts_its_compressed_images_once(tmp_path, monkeypatch):
     (dict(imgs_shape=(48, 64, 64, 1)), "'imgs' is uint8 (48, 64, 64, 1)"),
     (dict(drop=("latents_values",)), "no member 'latents_values'"),
     (dict(swap=True), "latents_classes are not in row-major factor order"),
+    (dict(scale=255), "'imgs' should hold 0 and 1"),
 ])
 def test_dsprites_wrong_layouts_are_refused(tmp_path, monkeypatch, kwargs, message):
     monkeypatch.setitem(gt.DSPRITES.grids, 48, DSPRITES_SMALL)
     root, _ = write_dsprites(tmp_path / "d", **kwargs)
     with pytest.raises(ValueError, match=re.escape(message)) as err:
         open_dataset(root)
-    if "row-major" not in message:
+    if "row-major" not in message and "0 and 1" not in message:
         assert ("'imgs' uint8 (N, 64, 64), 'latents_classes' int64 (N, 6), 'latents_values' float64 (N, 6) with "
                 "N = 737,280") in str(err.value)
 

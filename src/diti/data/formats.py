@@ -512,7 +512,8 @@ labels their indices (the file has no labels, so its order cannot be checked). A
   or <root>/cars3d.npz       disent's file: member "images" uint8 (17568, 128, 128, 3)
   or <root>/cars3d_x64.npz   disent's 64-px file: "images" uint8 (17568, 64, 64, 3)
 Factors: elevation 4, azimuth 24, object 183, in this order (the object fastest), value labels the indices (the
-mesh file names for objects). The meshes are gathered once into one array in $DITI_CACHE (863 MB), the
+mesh file names for objects). 128-px images are resized with data.resize (bicubic by default;
+disentanglement_lib uses PIL's antialiased thumbnail). The meshes are gathered once into one array in $DITI_CACHE (863 MB), the
 compressed npz is extracted there once.""",
     ),
     "image-folder": FormatSpec(

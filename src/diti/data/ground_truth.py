@@ -301,8 +301,10 @@ def open_dsprites(root: Path, split: str, resolution: int | None, attributes: Pa
     values = _checked_labels(path, latent_values, sizes, columns, "latents_values")
     labels = [list(DSPRITES_SHAPES)] + [[_format_value(v) for v in col] for col in values[1:]]
     grid = FactorGrid(list(DSPRITES.factors), sizes, labels)
-    return GridDataset(root, npz_member(path, "imgs"), grid, grid_split(n, split), _resolution(resolution),
-                       "dsprites", binary=True)
+    imgs = npz_member(path, "imgs")
+    if take(imgs, [0, n - 1]).max() > 1:
+        raise ValueError(f"{path}: 'imgs' should hold 0 and 1 (the released file's pixels), found larger values")
+    return GridDataset(root, imgs, grid, grid_split(n, split), _resolution(resolution), "dsprites", binary=True)
 
 
 def mpi3d_file(root: Path) -> Path:
