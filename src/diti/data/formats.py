@@ -487,7 +487,7 @@ are the values of "labels", whose row-major order is checked on open.""",
     "latents_classes" int64 (737280, 6), "latents_values" float64 (737280, 6); "metadata" (pickled) is not read
 Factors: shape 3 (square, ellipse, heart), scale 6, orientation 40, pos_x 32, pos_y 32 (the colour latent has one
 value and is not a factor); latents_classes is checked to be the row-major grid, value labels come from
-latents_values. Images are shown as black and white RGB. The released file is compressed, so "imgs" is
+latents_values (both tables are read into memory, 35 MB each). Images are shown as black and white RGB. The released file is compressed, so "imgs" is
 extracted once (2.9 GB) to $DITI_CACHE (default ~/.cache/diti) and memory-mapped from there.""",
     ),
     "mpi3d": _grid_spec(
