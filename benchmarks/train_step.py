@@ -55,6 +55,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from diti.config import DiTiConfig, UNetConfig, build_config
+from diti.config.presets import PRETRAIN_PRESETS
 from diti.diffusion.schedule import NoiseSchedule
 from diti.models.ddpm import DDPMObjective
 from diti.models.diti import DiTiModel
@@ -73,6 +74,9 @@ SIZES = {
                       "celeba64-diti64"),
     "16px-quick": (16, UNetConfig(block_out_channels=[16, 32], attention_levels=[1], norm_num_groups=8,
                                   attention_head_dim=8), "shapes-quick"),
+    # the disentanglement benchmarks' 64-px DM (preset shapes3d64, 27.7M parameters) and DiTi (shapes3d64-diti,
+    # k = 6, d = 192): the step times the README's cost estimate for Shapes3D, MPI3D and Cars3D needs
+    "64px-bench64": (64, UNetConfig(**PRETRAIN_PRESETS["shapes3d64"]["unet"]), "shapes3d64-diti"),
 }
 
 

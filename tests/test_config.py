@@ -118,3 +118,22 @@ def test_yaml_bool_words_are_read_back_as_the_option_they_spell():
     assert cfg.train.mixed_precision == "no"
     with pytest.raises(ConfigError, match="mixed_precision"):
         build_config(DiTiConfig, None, overrides=["train.mixed_precision=yes"])
+
+
+@pytest.mark.parametrize("data, factors", [("shapes3d64", 6), ("dsprites64", 5), ("mpi3d64", 7), ("cars3d64", 3)])
+def test_disentanglement_benchmark_presets(data, factors):
+    from diti.models.dm import build_unet
+
+    dm = build_config(PretrainConfig, data)
+    assert dm.data.resolution == 64 and dm.unet.block_out_channels == [64, 128, 256, 256]
+    assert dm.unet.layers_per_block == 2 and dm.unet.attention_levels == [2, 3]
+    assert (dm.train.steps, dm.train.batch_size) == (100_000, 128)
+    assert 27e6 < sum(p.numel() for p in build_unet(dm.unet, 64).parameters()) < 28e6  # docs/method.md: 27.7M
+    for method, k in (("diti", factors), ("pdae", 1)):
+        cfg = build_config(DiTiConfig, f"{data}-{method}")
+        assert (cfg.partition.latent_dim, cfg.partition.k, cfg.partition.stages) == (32 * factors, k, None)
+        assert cfg.partition.mode == ("stop_grad" if k > 1 else "base")
+        assert (cfg.train.steps, cfg.train.batch_size, cfg.train.lr) == (25_000, 128, 1e-4)
+        assert not cfg.data.hflip and cfg.encoder.attn_resolutions == []  # a flip would change the factors
+        # the CPU trial sizes
+        assert build_config(DiTiConfig, f"{data}-{method}", overrides=["data.resolution=16"]).data.resolution == 16

@@ -43,6 +43,32 @@ PRETRAIN_PRESETS["shapes2-bench"] = {
               "log_every": 100},
 }
 
+# The disentanglement benchmarks at 64 px (Shapes3D, dSprites, MPI3D, Cars3D; docs/method.md, "The
+# disentanglement benchmarks"). The peers' DMs: DisDiff's is a latent DM (model_channels 64, channel_mult
+# 1-2-4-4, 2 residual blocks, attention at all but the coarsest level, on 16x16x3 VQ latents of the 64-px
+# images; batch 128); FDAE's a pixel-space 64-px UNet (192 channels, 3 residual blocks, attention at 32/16/8,
+# ~300M parameters; 100,000 steps of batch 32, trained jointly with its encoder). Our choices: pixel space, as
+# diti's DM is a pixel-space UNet2DModel, with DisDiff's widths and depth (64-128-256-256, 2 blocks per level,
+# attention at 16 and 8 px), batch 128 (DisDiff's), 100,000 steps (12.8M images); the same DM for all four.
+_BENCH64_UNET = {
+    "block_out_channels": [64, 128, 256, 256],
+    "layers_per_block": 2,
+    "attention_levels": [2, 3],
+    "norm_num_groups": 32,
+    "attention_head_dim": 32,
+}
+_BENCH64_PRETRAIN = {
+    "data": {"resolution": 64, "split": "train"},
+    "unet": _BENCH64_UNET,
+    "train": {"steps": 100_000, "batch_size": 128, "lr": 1e-4, "ema_decay": 0.9999, "checkpoint_every": 5000,
+              "log_every": 100},
+}
+# number of ground-truth factors per data set: k of the DiTi presets (one chunk per factor, as DisDiff's
+# latent_unit = 6 on Shapes3D)
+BENCH64_FACTORS = {"shapes3d64": 6, "dsprites64": 5, "mpi3d64": 7, "cars3d64": 3}
+for _name in BENCH64_FACTORS:
+    PRETRAIN_PRESETS[_name] = _BENCH64_PRETRAIN
+
 # The paper's settings (official configs of yue-zhongqi/diti: config/celeba64, config/ffhq, config/bedroom128).
 # Training length is the official max_images / global batch 128. Defaults of schema.py already hold the rest
 # of the recipe (d=512, k=64, stages 50..1000 with dims 10,25,327,100,50, Adam 1e-4, EMA 0.9999); the official
@@ -101,6 +127,27 @@ DITI_PRESETS: dict[str, dict] = {
                   "log_every": 50, "keep_checkpoints": 2},
     },
 }
+
+
+
+def _bench64(k: int, chunks: int) -> dict:
+    """DiTi (chunks = k) or PDAE (chunks = 1) on a benchmark's 64-px DM: d = 32 per factor (DisDiff: 192 dims for
+    6 units; FDAE: 80 per group), balanced chunks, stop_grad (DiTi's recommended mode), the official CelebA64
+    encoder's convolutions without its attention block at 16 px (DisDiff's encoder has none; without it the
+    preset also runs at data.resolution=16 or 32), batch 128 and lr 1e-4 (DiTi's official recipe), 25,000 steps
+    = 3.2M images (FDAE's 100,000 steps of batch 32)."""
+    return {
+        "data": {"resolution": 64, "split": "train"},
+        "encoder": {"attn_resolutions": []},
+        "partition": {"latent_dim": 32 * k, "k": chunks, "stages": None, "dims_per_stage": None,
+                      "mode": "stop_grad" if chunks > 1 else "base"},
+        "train": {**_PAPER_TRAIN, "steps": 25_000, "checkpoint_every": 5000},
+    }
+
+
+for _name, _k in BENCH64_FACTORS.items():
+    DITI_PRESETS[f"{_name}-diti"] = _bench64(_k, _k)
+    DITI_PRESETS[f"{_name}-pdae"] = _bench64(_k, 1)
 
 
 def preset(table: dict[str, dict], name: str | None) -> dict:

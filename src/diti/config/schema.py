@@ -126,8 +126,8 @@ class UNetConfig:
 @dataclass
 class DataConfig:
     """Where the training images come from. resolution None = the DM's sample size; format None = detected
-    from the folder (diti-array, celeba, lfw, lmdb, image-folder); attributes: an attribute table that
-    replaces the format's own.
+    from the folder (diti-array, celeba, lfw, lmdb, shapes3d, dsprites, mpi3d, cars3d, image-folder; `diti
+    data formats`); attributes: an attribute table that replaces the format's own.
 
     resize: ``bicubic`` (diti's default) or ``bilinear`` (the official pipeline: crop, then bilinear).
     skip_unreadable: replace an image that cannot be decoded by the next readable one, with a logged warning

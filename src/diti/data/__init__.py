@@ -13,6 +13,7 @@ from .formats import (
     read_celeba_partition,
     read_lfw_attributes,
 )
+from .ground_truth import GridDataset, grid_split
 from .images import load_image
 from .lmdb_dataset import LMDBDataset
 from .shapes import (
@@ -33,6 +34,7 @@ __all__ = [
     "Attributes",
     "Factor",
     "FormatSpec",
+    "GridDataset",
     "ImageDataset",
     "ImageFolderDataset",
     "LMDBDataset",
@@ -40,6 +42,7 @@ __all__ = [
     "describe_formats",
     "detect_format",
     "generate_shapes",
+    "grid_split",
     "load_image",
     "open_dataset",
     "read_celeba_attributes",

@@ -13,8 +13,9 @@ passes is a file training can read. What it reports, per file:
 - ``extension``: the file's bytes are in another format than its extension says.
 
 A split that cannot be opened at all (a missing table row, a missing partition) is one ``error`` finding.
-Formats that store decoded pixels (``diti-array``) have nothing to decode; their arrays are checked when
-opened.
+Formats that store decoded pixels (``diti-array`` and the factor grids ``shapes3d``, ``dsprites``, ``mpi3d``,
+``cars3d``) have nothing to decode: opening each split checks their arrays (keys, shapes, dtypes, image count,
+the order of the label tables), and a file in another layout is an ``error`` finding naming what was expected.
 """
 
 from __future__ import annotations

@@ -10,6 +10,13 @@ generic dataset classes of ``diti.data.datasets`` (``open``), and the layout it 
 | CelebA          | ``celeba`` (official files) or ``lmdb``  |
 | LFW attributes  | ``lfw``                                  |
 | FFHQ, LSUN, ... | ``image-folder`` or ``lmdb``             |
+| Shapes3D        | ``shapes3d`` (``3dshapes.h5``)            |
+| dSprites        | ``dsprites`` (the released ``.npz``)      |
+| MPI3D           | ``mpi3d`` (``mpi3d_*.npz``)               |
+| Cars3D          | ``cars3d`` (meshes or disent's ``.npz``)  |
+
+The four disentanglement benchmarks are full factor grids in one array each; ``diti.data.ground_truth`` reads
+them (lazily) and checks their layout.
 
 ``detect_format`` tries the specs in table order; ``image-folder`` matches any folder and comes last.
 """
@@ -26,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import ground_truth as gt
 from .attributes import Attributes
 from .datasets import (
     IMAGE_EXTENSIONS,
@@ -384,6 +392,19 @@ def _open_lmdb(root: Path, split: str, resolution: int | None, attributes: Path 
 # ----------------------------------------------------------------------------------------------------
 # The table, detection and the one entry point
 # ----------------------------------------------------------------------------------------------------
+
+_GRID_NOTES = """\
+Splits "train" / "test" / "all": image i is in "test" when splitmix64(i) (seed 0) is among the 10 % smallest
+(exactly round(0.1 N) images), else in "train"; "all" is every image. Attributes: the factor codes of the grid
+(row-major, the last factor fastest), with value labels. Resolution None = 64; 16 or 32 resize each image on
+access (data.resize). Read lazily, never the whole array in memory."""
+
+
+def _grid_spec(detect, open_, layout: str) -> FormatSpec:
+    return FormatSpec(detect=detect, open=open_, layout=layout + "\n" + _GRID_NOTES,
+                      splits=lambda root, attributes: list(gt.GRID_SPLITS))
+
+
 FORMATS: dict[str, FormatSpec] = {
     "diti-array": FormatSpec(
         detect=lambda root: (root / "dataset.json").is_file(),
@@ -448,6 +469,52 @@ get the CelebA crop first. Needs the `lmdb` package.""",
         splits=lambda root, attributes: (
             list(CELEBA_SPLITS) if _lmdb_partition(root, attributes) is not None else ["train"]
         ),
+    ),
+    "shapes3d": _grid_spec(
+        lambda root: (root / gt.SHAPES3D_FILE).is_file(),
+        gt.open_shapes3d,
+        """\
+<root>/3dshapes.h5     HDF5 (read with h5py): dataset "images" uint8 (480000, 64, 64, 3), dataset "labels"
+                       float64 (480000, 6)
+Factors in file order: floor_hue 10, wall_hue 10, object_hue 10, scale 8, shape 4, orientation 15; value labels
+are the values of "labels", whose row-major order is checked on open.""",
+    ),
+    "dsprites": _grid_spec(
+        lambda root: (root / gt.DSPRITES_FILE).is_file(),
+        gt.open_dsprites,
+        """\
+<root>/dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz   members "imgs" uint8 (737280, 64, 64) in {0, 1},
+    "latents_classes" int64 (737280, 6), "latents_values" float64 (737280, 6); "metadata" (pickled) is not read
+Factors: shape 3 (square, ellipse, heart), scale 6, orientation 40, pos_x 32, pos_y 32 (the colour latent has one
+value and is not a factor); latents_classes is checked to be the row-major grid, value labels come from
+latents_values (both tables are read into memory, 35 MB each). Images are shown as black and white RGB. The released file is compressed, so "imgs" is
+extracted once (2.9 GB) to $DITI_CACHE (default ~/.cache/diti) and memory-mapped from there.""",
+    ),
+    "mpi3d": _grid_spec(
+        lambda root: any(root.glob(gt.MPI3D_GLOB)),
+        gt.open_mpi3d,
+        """\
+<root>/mpi3d_toy.npz | mpi3d_realistic.npz | mpi3d_real.npz | any one mpi3d*.npz
+                       member "images" uint8 (N, 64, 64, 3)
+The grid comes from N: 1,036,800 = 6 x 6 x 2 x 3 x 3 x 40 x 40 (the released files), 460,800 = 4 x 4 x 2 x 3 x 3
+x 40 x 40 (the complex-shapes file, and what older loaders assume); any other N is refused. Factors:
+object_color, object_shape, object_size, camera_height, background_color, horizontal_axis, vertical_axis, value
+labels their indices (the file has no labels, so its order cannot be checked). An uncompressed member
+(np.savez) is memory-mapped in place; a compressed one is extracted once to $DITI_CACHE (12.7 GB).""",
+    ),
+    "cars3d": _grid_spec(
+        lambda root: any(root.glob(gt.CARS3D_MAT_GLOB)) or gt.cars3d_source(root) is not None,
+        gt.open_cars3d,
+        """\
+<root>/car_001_mesh.mat ...   the 183 meshes of the release (its data/cars/ folder): MATLAB files with "im"
+                              uint8 (128, 128, 3, 24, 4) = (H, W, RGB, azimuth, elevation); objects in the
+                              order of <root>/list.txt when present, else by file name
+  or <root>/cars3d.npz       disent's file: member "images" uint8 (17568, 128, 128, 3)
+  or <root>/cars3d_x64.npz   disent's 64-px file: "images" uint8 (17568, 64, 64, 3)
+Factors: elevation 4, azimuth 24, object 183, in this order (the object fastest), value labels the indices (the
+mesh file names for objects). 128-px images are resized with data.resize (bicubic by default;
+disentanglement_lib uses PIL's antialiased thumbnail). The meshes are gathered once into one array in $DITI_CACHE (863 MB), the
+compressed npz is extracted there once.""",
     ),
     "image-folder": FormatSpec(
         detect=lambda root: True,
