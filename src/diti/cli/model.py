@@ -5,11 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import typer
 
-from ..folders import eval_dir
-from ..folders.layout import COUNTERFACTUAL_PNG, RECONSTRUCTION_PNG, manipulate_file
 from .common import ClipX0, Device, DmFolder, ModelFolder, floats, int_list
 
 
@@ -61,6 +58,9 @@ def counterfactual(
     out: Path = typer.Option(None, help="PNG to write (default RUN/eval/counterfactual.png)."),
 ):
     """DDIM-invert images, swap or interpolate chosen chunks/stages/dims of z, decode: a labelled grid PNG."""
+    from ..folders import eval_dir
+    from ..folders.layout import COUNTERFACTUAL_PNG
+
     pipe = _pipeline(run, device, dm=dm)
     out = out or eval_dir(run) / COUNTERFACTUAL_PNG
     kw = dict(alphas=floats(alphas, "--alphas"), mode=mode, x_T=x_t, num_steps=steps, progress=True,
@@ -93,6 +93,11 @@ def reconstruct(
     out: Path = typer.Option(None, help="PNG to write (default RUN/eval/reconstruction.png)."),
 ):
     """DDIM inversion and decoding with each image's own code: real vs reconstructed, and the MSE per image."""
+    import numpy as np
+
+    from ..folders import eval_dir
+    from ..folders.layout import RECONSTRUCTION_PNG
+
     pipe = _pipeline(run, device, dm=dm)
     x = pipe.images([s.strip() for s in images.split(",") if s.strip()], data, split)
     path, mse = pipe.reconstruction_figure(x, out or eval_dir(run) / RECONSTRUCTION_PNG, steps, progress=True,
@@ -120,6 +125,9 @@ def manipulate(
     """ProbMask attribute edit with d' dims of z (as in the DiTi paper), decoded with DDIM: a grid PNG.
 
     The fitted direction is saved beside the PNG (JSON, with the checkpoint it belongs to)."""
+    from ..folders import eval_dir
+    from ..folders.layout import manipulate_file
+
     pipe = _pipeline(run, device, dm=dm)
     result = pipe.probmask(attribute, data, fit_split, target_class=target_class, d_prime=d_prime, progress=True)
     x = pipe.images(images.split(","), data, split)
