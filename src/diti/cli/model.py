@@ -169,7 +169,7 @@ def explore(
     """The counterfactual explorer: a local web page to pick two images, swap or interpolate stages/chunks of
     their codes and see the result (needs gradio: the package's `app` extra, which `make setup` installs)."""
     try:
-        from ..app.explorer import build_app, launch
+        from ..app.explorer import build_app, launch, private_files
     except ImportError as err:
         raise ValueError(f"the explorer needs gradio ({err}); install it with: pip install 'diti[app]'") from None
     if threads is not None:
@@ -180,9 +180,12 @@ def explore(
         torch.set_num_threads(threads)
     pipe = _pipeline(run, device, dm=dm)
     dataset = pipe.dataset(data, split) if data is not None else None
-    demo = build_app(pipe, dataset, steps=steps, clip_x0=clip_x0)
-    typer.echo(f"diti explore: {pipe.describe()} on http://{host}:{port} (Ctrl-C stops it)")
-    try:
-        launch(demo, host, port)
-    except OSError as err:  # e.g. the port is taken
-        raise ValueError(f"cannot serve on {host}:{port}: {err}") from None
+    with private_files() as files:
+        demo = build_app(pipe, dataset, steps=steps, clip_x0=clip_x0)
+        typer.echo(f"diti explore: {pipe.describe()} on http://{host}:{port} (Ctrl-C stops it; uploads and "
+                   f"outputs are kept in {files} until then)")
+        try:
+            launch(demo, host, port)
+        except OSError as err:  # e.g. the port is taken
+            raise ValueError(f"cannot serve on {host}:{port}: {err}") from None
+    typer.echo("diti explore: stopped; its uploads and outputs are removed")
