@@ -175,6 +175,12 @@ def test_private_files_are_removed_on_exit_and_gradio_writes_there(monkeypatch):
         (folder / "upload.png").write_bytes(b"x")
         raise KeyboardInterrupt  # Ctrl-C while serving
     assert not folder.exists() and "GRADIO_TEMP_DIR" not in os.environ
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped, private_files() as folder:
+        os.kill(os.getpid(), signal.SIGTERM)  # stopped while the page is being built
+        time.sleep(5)
+    assert stopped.value.code == 128 + signal.SIGTERM and not folder.exists()
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_page_content(explorer):

@@ -423,18 +423,27 @@ def private_files() -> Iterator[Path]:
     ``GRADIO_TEMP_DIR``, instead of its cache shared by every gradio app of the machine); removed on exit.
 
     Enter it before ``build_app``: gradio reads the variable when it makes the page's components and its
-    server."""
+    server. Inside it, SIGTERM ends the process through SystemExit (not at once, SIGTERM's default), so that the
+    folder is also removed when the server is stopped while it starts."""
     folder = Path(tempfile.mkdtemp(prefix="diti-explore-"))
     previous = os.environ.get("GRADIO_TEMP_DIR")
     os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread only
+    on_term = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
     try:
         yield folder
     finally:
+        if main:
+            signal.signal(signal.SIGTERM, on_term)
         if previous is None:
             os.environ.pop("GRADIO_TEMP_DIR", None)
         else:
             os.environ["GRADIO_TEMP_DIR"] = previous
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def launch(demo, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
