@@ -218,6 +218,11 @@ def test_export_is_self_contained(tmp_path, run_copy, model, pair, shapes16):
     assert sorted(index["eval"]) == ["disentangle.json", "fidelity.json", "manipulate-shape.json", "probe.json"]
     cfg = (export / "config.yaml").read_text()
     assert "dm: null" in cfg and str(tmp_path) not in cfg and "format: diti-array" in cfg
+    # no path of this machine anywhere in the folder's text files: provenance by folder names
+    assert index["source"] == {"run": "run", "dm": Path(source.config.dm).name, "data": shapes16.name}
+    here = {str(Path(p).resolve().parent) for p in (tmp_path, run, source.config.dm, shapes16)}
+    for text in (export / "model_index.json", export / "README.md", export / "config.yaml"):
+        assert not [p for p in here if p in text.read_text()], text
     card = (export / "README.md").read_text()
     probe = json.loads((run / "eval" / "probe.json").read_text())
     assert "| 3 | 0 | 750-999 | 12-15 | 4 |" in card  # the partition table

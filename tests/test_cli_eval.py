@@ -1,6 +1,7 @@
 """CLI smoke tests of the evaluation suite on a tiny run (random 16 px DM, 4 training steps)."""
 
 import json
+import re
 
 import numpy as np
 from PIL import Image
@@ -30,6 +31,13 @@ def test_probe_from_run_and_from_files(tiny_run, shapes16, tmp_path):
 
 def test_disentangle(tiny_run, shapes16):
     out = invoke("disentangle", tiny_run, "--data", shapes16, "--max-train", 100, "--jobs", 1)
+    # one line per stage, in the order they run (on stderr, which the runner mixes into the output)
+    stages = [r"loading .*run", r"(encoding the train split \(256 images\)|codes of the train split: cached)",
+              r"(encoding the test split \(64 images\)|codes of the test split: cached)", "MIG on 256 codes",
+              "FactorVAE score", r"DCI: one gradient-boosted classifier per factor \(\d+\) on 100 codes",
+              r"probes of each dim group", "writing disentangle.json and alignment.png", "DCI disentanglement"]
+    found = [re.search(stage, out) for stage in stages]
+    assert all(found) and [m.start() for m in found] == sorted(m.start() for m in found), out
     assert "DCI disentanglement" in out and "MIG" in out and "FactorVAE" in out and "chunk level" in out
     result = json.loads((tiny_run / "eval" / "disentangle.json").read_text())
     assert result["protocol"]["name"] == "custom" and result["protocol"]["dci_train_rows"] == 100

@@ -187,7 +187,8 @@ def test_probmask_finds_the_informative_dims_and_edits_monotonically():
     z3 = rng.normal(size=(1000, 8))
     z3[:, 4] += 3 * (classes == 2)
     assert fit_probmask(z3, classes, d_prime=1, target_class=2, epochs=5).mask_dims.tolist() == [4]
-    with pytest.raises(ValueError, match="target_class"):
+    with pytest.raises(ValueError, match=r"more than two values \[0, 1, 2\]: give the class to move towards "
+                       r"\(target_class=, or --target-class on the command line\)"):
         fit_probmask(z3, classes, d_prime=1)
 
 

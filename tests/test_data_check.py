@@ -77,6 +77,18 @@ def test_check_command_exit_codes_and_json(messy, tmp_path):
     assert result.exit_code == 2 and "not found" in result.output
 
 
+def test_check_counts_the_images_of_the_generated_shapes_data(tmp_path):
+    from diti.data import generate_shapes
+
+    root = generate_shapes(tmp_path / "shapes", resolution=16, n_train=6, n_test=3, seed=0, progress=False)
+    report = check_dataset(root, progress=False)
+    assert report.format == "diti-array" and report.checked == 0 and report.stored == 9 and not report.findings
+    result = CliRunner().invoke(app, ["data", "check", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "opened 9 images stored as decoded pixels (nothing to decode)" in result.output
+    assert "checked 0 images" not in result.output
+
+
 def test_check_decodes_lmdb_records_and_reports_a_split_that_cannot_open(tmp_path):
     root = tmp_path / "set.lmdb"
     env = lmdb.open(str(root), map_size=1 << 22)

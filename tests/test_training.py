@@ -28,6 +28,23 @@ def test_train_writes_a_complete_run(tmp_path, random_dm, shapes16):
     assert not any(k.startswith("decoder.dm.") for k in load_file(run / "checkpoints/step-00000006/model.safetensors"))
 
 
+def test_data_stored_at_another_resolution_than_the_dms_is_resized_with_a_warning(tmp_path, shapes16, random_dm,
+                                                                                  caplog):
+    from conftest import QUICK_UNET
+    from diti.diffusion.schedule import NoiseSchedule
+    from diti.models.dm import build_unet, save_dm
+
+    dm32 = save_dm(build_unet(QUICK_UNET, 32), tmp_path / "dm32", NoiseSchedule())
+    with caplog.at_level("WARNING", logger="diti.training.jobs"):
+        train_diti(quick_cfg(dm32, shapes16, "train.steps=1", "train.batch_size=4"), tmp_path / "run")
+    assert f"the data {shapes16} is stored at 16 px; every image is resized to 32 px (the DM's resolution) with " \
+           "bicubic resampling" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="diti.training.jobs"):  # data at the DM's resolution: no word
+        train_diti(quick_cfg(random_dm, shapes16, "train.steps=1", "train.batch_size=4"), tmp_path / "same")
+    assert "resized" not in caplog.text
+
+
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, random_dm, shapes16):
     full = train_diti(quick_cfg(random_dm, shapes16, "train.steps=8", "train.checkpoint_every=4"), tmp_path / "full")
     part = train_diti(quick_cfg(random_dm, shapes16, "train.steps=4", "train.checkpoint_every=4"), tmp_path / "part")

@@ -32,7 +32,7 @@ import torch
 from .. import inference
 from ..config.schema import DiTiConfig
 from ..data.formats import CELEBA_ALIGNED_SIZE, CELEBA_BOX, detect_format
-from ..data.images import Box
+from ..data.images import Box, open_image
 from ..evaluation import counterfactual as cf
 from ..evaluation import manipulate as pm
 from ..evaluation.features import encode_dataset
@@ -220,7 +220,7 @@ class DiTiPipeline:
                 path = Path(text)
                 if not path.is_file():
                     raise FileNotFoundError(f"image file not found: {path} (nor is it a data-set index)")
-                out.append(self.preprocess(_open_image(path))[0].cpu())
+                out.append(self.preprocess(open_image(path))[0].cpu())
         return torch.stack(out).to(self.device)
 
     # ------------------------------------------------------------------------------------------------
@@ -493,15 +493,6 @@ def _detect(cfg: DiTiConfig) -> str | None:
         return None
 
 
-def _open_image(path: Path):
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from None
 
 
 __all__ = ["DEFAULT_STEPS", "DiTiPipeline", "Inversion", "load"]

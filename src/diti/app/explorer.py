@@ -13,27 +13,45 @@ image's content (the bytes of the model's input tensor) and the number of DDIM s
 re-decodes only. gradio is imported by ``build_app`` alone (the optional ``app`` extra); the callbacks run
 without it. Nothing leaves the machine: analytics are off, no share link, the page's assets are served
 locally.
+
+Failures are one sentence in the page, beside the control that caused them (``message-a`` and ``message-b``
+beside the two images, ``status`` beside the counterfactual), replacing what was there; nothing reaches the page
+as a bare "Error". Uploads reach the callbacks as files, decoded here: a file that is not an image, larger than
+``MAX_UPLOAD_BYTES`` or of more than ``MAX_UPLOAD_PIXELS`` pixels is refused with a message. ``private_files``
+keeps gradio's uploads and output images in a private temporary folder instead of gradio's shared cache, and
+``launch`` removes it when the server stops (Ctrl-C, SIGTERM or an error).
 """
 
 import hashlib
+import logging
 import os
+import shutil
+import signal
+import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..api import DiTiPipeline, Inversion
+from ..data.images import open_image
 from ..evaluation.markdown import alignment_table, disentangle_markdown, probe_markdown
 from ..folders.results import DisentangleResult, ProbeResult
 
 DEFAULT_STEPS = 25
 DISPLAY = 160  # px: decoded images are upscaled (nearest neighbour) to this size for the page
 GALLERY_SIZE = 24
-# bad input: one message in the page, never a traceback
+# the largest upload taken (README, "Shareable models and the explorer"): bigger files are refused with a message
+MAX_UPLOAD_BYTES = 20 * 2**20
+MAX_UPLOAD_PIXELS = 25_000_000  # 5000 x 5000
+# bad input: one message in the page, never a traceback; any other failure is shown too, and logged in full
 INPUT_ERRORS = (ValueError, FileNotFoundError)
+logger = logging.getLogger(__name__)
 # small images stay crisp when the browser scales them; the picked images (kept at the model's resolution, so
 # that what the page holds is exactly the data set's image) fill their box
 CSS = """
@@ -167,21 +185,22 @@ class Explorer:
             if not 0 <= i < len(self.dataset):
                 raise ValueError(f"index {i} is out of range: the data set has {len(self.dataset)} images (0..{len(self.dataset) - 1})")
             return self.dataset.images([i])[0], f"image #{i} of `{self.dataset.name}`"
-        except INPUT_ERRORS as err:
+        except Exception as err:
             return None, _error(err)
 
-    def reconstruct(self, image) -> tuple[np.ndarray | None, str]:
-        """The DDIM reconstruction of one image (its inversion is cached for the edits)."""
+    def reconstruct(self, image, name: str = "the image") -> tuple[np.ndarray | None, str]:
+        """The DDIM reconstruction of one image (its inversion is cached for the edits); ``name``: what the
+        message calls it (image a, image b)."""
         if image is None:
             return None, ""
         try:
             start = time.perf_counter()
             with self._lock:
-                inv, cached = self._invert(image)
+                inv, cached = self._invert(image, name)
                 out = self.model.reconstruct(inversion=inv, steps=self.steps, output_type="np", clip_x0=self.clip_x0)[0]
             took = time.perf_counter() - start
             return self._show(out), f"reconstruction in {took:.2f} s (inversion {'cached' if cached else 'computed'})"
-        except INPUT_ERRORS as err:
+        except Exception as err:
             return None, _error(err)
 
     def counterfactual(
@@ -202,7 +221,7 @@ class Explorer:
             what = _describe_selection(stages, chunks)
             return self._show(out), (f"a with {what} moved toward b by alpha {float(alpha):.2f} (x_T {x_t}): "
                                      f"decoded in {took:.2f} s; inversions {cached}")
-        except INPUT_ERRORS as err:
+        except Exception as err:
             return None, _error(err)
 
     def strip(self, image_a, image_b, x_t: str = "keep") -> tuple[list[tuple[np.ndarray, str]], str]:
@@ -216,12 +235,15 @@ class Explorer:
             took = time.perf_counter() - start
             items = [(self._show(images[0]), f"b's {group.label}") for group, images in rows]
             return items, f"{len(items)} swaps decoded in {took:.2f} s; inversions {cached}"
-        except INPUT_ERRORS as err:
+        except Exception as err:
             return [], _error(err)
 
     # ------------------------------------------------------------------------------------------------
-    def _invert(self, image) -> tuple[Inversion, bool]:
-        """(inversion of one image, whether it came from the cache); call with the lock held."""
+    def _invert(self, image, name: str) -> tuple[Inversion, bool]:
+        """(inversion of one image, whether it came from the cache); call with the lock held. ``image``: what the
+        API takes, or the path of an uploaded file (decoded within the upload limits)."""
+        if isinstance(image, (str, Path)):
+            image = open_image(image, f"{name} ({Path(image).name})", MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS)
         x = self.model.preprocess(image)
         if len(x) != 1:
             raise ValueError(f"give one image here, got a batch of {len(x)}")
@@ -240,7 +262,7 @@ class Explorer:
         if missing:
             raise ValueError(f"pick image {' and '.join(missing)} first (upload, data-set index or gallery)")
         with self._lock:
-            (inv_a, hit_a), (inv_b, hit_b) = self._invert(image_a), self._invert(image_b)
+            (inv_a, hit_a), (inv_b, hit_b) = self._invert(image_a, "image a"), self._invert(image_b, "image b")
         cached = {2: "both cached", 1: "one cached, one computed", 0: "both computed"}[hit_a + hit_b]
         return inv_a, inv_b, cached
 
@@ -265,7 +287,11 @@ class Explorer:
 
 
 def _error(err: Exception) -> str:
-    return f"**error:** {err}"
+    """The one sentence the page shows for a failure; a failure that is not bad input is logged in full."""
+    if isinstance(err, INPUT_ERRORS):
+        return f"**error:** {err}"
+    logger.error("explorer callback failed", exc_info=err)
+    return f"**error:** {type(err).__name__}: {err} (the server's log has the details)"
 
 
 def _describe_selection(stages, chunks) -> str:
@@ -295,26 +321,40 @@ def build_app(model: DiTiPipeline, dataset=None, steps: int = DEFAULT_STEPS, exp
 
     ``explorer``: an ``Explorer`` to wire instead of a new one (its own data set, steps and clip_x0 are used)."""
     gr = _gradio()
+
+    def image_input(**kwargs):
+        """A gr.Image that hands the callbacks its file unread: the explorer decodes it (``open_image``, within the
+        upload limits), so that an unreadable or oversized upload is a message beside it, not gradio's bare "Error"
+        from its own decoding. (The instance's ``preprocess`` is replaced: a subclass of a gradio component makes
+        gradio write a .pyi file beside this module.)"""
+        image = gr.Image(**kwargs)
+        decode = image.preprocess
+        image.preprocess = lambda payload: payload.path if payload is not None and payload.path else decode(payload)
+        return image
+
     ex = explorer or Explorer(model, dataset, steps, clip_x0=clip_x0)
     chunk_choices, stage_choices = ex.chunk_choices(), ex.stage_choices()
-    image_kw = dict(type="pil", image_mode=None, format="png", height=ex.display, sources=["upload", "clipboard"])
+    image_kw = dict(image_mode=None, format="png", height=ex.display, sources=["upload", "clipboard"])
     out_kw = dict(type="numpy", format="png", height=ex.display, interactive=False)
     with gr.Blocks(title=f"diti explorer: {model.name}", analytics_enabled=False) as demo:
         status = gr.Markdown(elem_id="status", render=False)
         gr.Markdown(ex.header_markdown())
         with gr.Row():
             with gr.Column():
-                image_a = gr.Image(label="a: the image to edit (upload, or pick below)", elem_id="image-a", **image_kw)
+                image_a = image_input(label="a: the image to edit (upload, or pick below)", elem_id="image-a",
+                                      **image_kw)
                 with gr.Row():
                     index_a = gr.Number(label="data-set index of a", precision=0, elem_id="index-a",
                                         interactive=ex.dataset is not None)
                     show_a = gr.Button("show a", elem_id="show-a", interactive=ex.dataset is not None)
+                message_a = gr.Markdown(elem_id="message-a")
             with gr.Column():
-                image_b = gr.Image(label="b: where the chosen dims come from", elem_id="image-b", **image_kw)
+                image_b = image_input(label="b: where the chosen dims come from", elem_id="image-b", **image_kw)
                 with gr.Row():
                     index_b = gr.Number(label="data-set index of b", precision=0, elem_id="index-b",
                                         interactive=ex.dataset is not None)
                     show_b = gr.Button("show b", elem_id="show-b", interactive=ex.dataset is not None)
+                message_b = gr.Markdown(elem_id="message-b")
             recon_a = gr.Image(label="reconstruction of a", elem_id="recon-a", **out_kw)
             recon_b = gr.Image(label="reconstruction of b", elem_id="recon-b", **out_kw)
         if ex.dataset is not None:
@@ -353,14 +393,14 @@ def build_app(model: DiTiPipeline, dataset=None, steps: int = DEFAULT_STEPS, exp
             if figure is not None:
                 gr.Image(str(figure), label="partition-factor alignment", interactive=False, elem_id="alignment")
 
-        # events: the callbacks are Explorer's plain functions
-        pick_out = ([image_a, status], [image_b, status])
+        # events: the callbacks are Explorer's plain functions; each writes its message beside its own control
+        pick_out = ([image_a, message_a], [image_b, message_b])
         show_a.click(ex.pick, [index_a], pick_out[0])
         index_a.submit(ex.pick, [index_a], pick_out[0])
         show_b.click(ex.pick, [index_b], pick_out[1])
         index_b.submit(ex.pick, [index_b], pick_out[1])
-        image_a.change(ex.reconstruct, [image_a], [recon_a, status])
-        image_b.change(ex.reconstruct, [image_b], [recon_b, status])
+        image_a.change(lambda image: ex.reconstruct(image, "image a"), [image_a], [recon_a, message_a])
+        image_b.change(lambda image: ex.reconstruct(image, "image b"), [image_b], [recon_b, message_b])
         cf_inputs = [image_a, image_b, stages, chunks, alpha, x_t]
         swap.click(ex.counterfactual, cf_inputs, [output, status])
         alpha.release(ex.counterfactual, cf_inputs, [output, status])
@@ -368,17 +408,63 @@ def build_app(model: DiTiPipeline, dataset=None, steps: int = DEFAULT_STEPS, exp
         if ex.dataset is not None:
 
             def on_gallery(which: str, evt: gr.SelectData):
+                # the picked image, its index in the index box and the message, on the side the radio names
                 image, message = ex.pick(evt.index)
-                keep = gr.update()
-                return (image, keep, message) if which == "a" else (keep, image, message)
+                picked, keep = (image, evt.index, message), (gr.skip(),) * 3
+                return picked + keep if which == "a" else keep + picked
 
-            gallery.select(on_gallery, [target], [image_a, image_b, status])
+            gallery.select(on_gallery, [target], [image_a, index_a, message_a, image_b, index_b, message_b])
     return demo
 
 
+@contextmanager
+def private_files() -> Iterator[Path]:
+    """A private temporary folder (mode 0700) where gradio keeps this server's uploads and output images (through
+    ``GRADIO_TEMP_DIR``, instead of its cache shared by every gradio app of the machine); removed on exit.
+
+    Enter it before ``build_app``: gradio reads the variable when it makes the page's components and its
+    server. Inside it, SIGTERM ends the process through SystemExit (not at once, SIGTERM's default), so that the
+    folder is also removed when the server is stopped while it starts."""
+    folder = Path(tempfile.mkdtemp(prefix="diti-explore-"))
+    previous = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread only
+    on_term = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
+    try:
+        yield folder
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, on_term)
+        if previous is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = previous
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def launch(demo, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
-    """Serve the page on host:port (no share link, no server-side rendering, no MCP server)."""
+    """Serve the page on host:port (no share link, no server-side rendering, no MCP server).
+
+    With ``block``, serve until Ctrl-C or SIGTERM, then close the server and return (so that the caller's
+    ``private_files`` folder is removed: SIGTERM's default would end the process at once)."""
     demo.queue(default_concurrency_limit=1)
-    return demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
-                       mcp_server=False, show_error=False, prevent_thread_lock=not block, css=CSS, footer_links=[],
-                       quiet=True)
+    kwargs = dict(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False, mcp_server=False,
+                  show_error=False, css=CSS, footer_links=[], quiet=True)
+    if not block:
+        return demo.launch(prevent_thread_lock=True, **kwargs)
+    demo.launch(prevent_thread_lock=True, **kwargs)
+    stop = threading.Event()
+    main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread only
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)} if main \
+        else {}
+    try:
+        while not stop.wait(0.2):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        demo.close()

@@ -12,12 +12,13 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from ..config.loader import ConfigError
 from ..errors import CheckpointSaveError, TrainingDiverged
 
-# Errors that end a command with one line (exit 2) instead of a traceback: bad input, or a failure the
-# message fully explains (diverged loss, checkpoint that could not be written).
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ConfigError, TrainingDiverged, CheckpointSaveError)
+# Errors that end a command with one line (exit 2) instead of a traceback: bad input (a bad config value is a
+# ``ConfigError``, which is a ValueError), or a failure the message fully explains (diverged loss, checkpoint
+# that could not be written). Nothing heavier than typer is imported here: `diti --help` and every command's
+# help load no torch, diffusers, scikit-learn or gradio (each command imports them when it runs).
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TrainingDiverged, CheckpointSaveError)
 
 
 def fail(err: Exception) -> None:

@@ -13,8 +13,11 @@ def shapes(
     n_train: int = typer.Option(10000, help="Training images."),
     n_test: int = typer.Option(2000, help="Test images."),
     seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
-    version: int = typer.Option(1, "--version", help="Factor design: 1 (demo, 7 factors lost at t 400-700) or 2 "
-                                "(benchmark, 8 factors lost across t 100-670 at 16 px)."),
+    version: int = typer.Option(1, "--version", help="Factor design: 1 (the presets shapes-demo and shapes-bench: 7 factors, "
+                                "all lost at t 400-700) or 2 "
+                                "(the demo's and the benchmark's, at 16 px: 8 factors lost one after another "
+                                "across the time axis; the t at which the shipped DM loses each is in its card, "
+                                "src/diti/assets/dm-shapes2-16/README.md)."),
 ):
     """Generate the embedded shapes data set (known factors, coarse to fine)."""
     from ..data import generate_shapes

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import typer
 
-from ..folders import eval_dir
-from ..folders.layout import COUNTERFACTUAL_PNG, RECONSTRUCTION_PNG, manipulate_file
 from .common import ClipX0, Device, DmFolder, ModelFolder, floats, int_list
 
 
@@ -61,6 +58,9 @@ def counterfactual(
     out: Path = typer.Option(None, help="PNG to write (default RUN/eval/counterfactual.png)."),
 ):
     """DDIM-invert images, swap or interpolate chosen chunks/stages/dims of z, decode: a labelled grid PNG."""
+    from ..folders import eval_dir
+    from ..folders.layout import COUNTERFACTUAL_PNG
+
     pipe = _pipeline(run, device, dm=dm)
     out = out or eval_dir(run) / COUNTERFACTUAL_PNG
     kw = dict(alphas=floats(alphas, "--alphas"), mode=mode, x_T=x_t, num_steps=steps, progress=True,
@@ -93,6 +93,11 @@ def reconstruct(
     out: Path = typer.Option(None, help="PNG to write (default RUN/eval/reconstruction.png)."),
 ):
     """DDIM inversion and decoding with each image's own code: real vs reconstructed, and the MSE per image."""
+    import numpy as np
+
+    from ..folders import eval_dir
+    from ..folders.layout import RECONSTRUCTION_PNG
+
     pipe = _pipeline(run, device, dm=dm)
     x = pipe.images([s.strip() for s in images.split(",") if s.strip()], data, split)
     path, mse = pipe.reconstruction_figure(x, out or eval_dir(run) / RECONSTRUCTION_PNG, steps, progress=True,
@@ -120,6 +125,9 @@ def manipulate(
     """ProbMask attribute edit with d' dims of z (as in the DiTi paper), decoded with DDIM: a grid PNG.
 
     The fitted direction is saved beside the PNG (JSON, with the checkpoint it belongs to)."""
+    from ..folders import eval_dir
+    from ..folders.layout import manipulate_file
+
     pipe = _pipeline(run, device, dm=dm)
     result = pipe.probmask(attribute, data, fit_split, target_class=target_class, d_prime=d_prime, progress=True)
     x = pipe.images(images.split(","), data, split)
@@ -161,7 +169,7 @@ def explore(
     """The counterfactual explorer: a local web page to pick two images, swap or interpolate stages/chunks of
     their codes and see the result (needs gradio: the package's `app` extra, which `make setup` installs)."""
     try:
-        from ..app.explorer import build_app, launch
+        from ..app.explorer import build_app, launch, private_files
     except ImportError as err:
         raise ValueError(f"the explorer needs gradio ({err}); install it with: pip install 'diti[app]'") from None
     if threads is not None:
@@ -172,9 +180,12 @@ def explore(
         torch.set_num_threads(threads)
     pipe = _pipeline(run, device, dm=dm)
     dataset = pipe.dataset(data, split) if data is not None else None
-    demo = build_app(pipe, dataset, steps=steps, clip_x0=clip_x0)
-    typer.echo(f"diti explore: {pipe.describe()} on http://{host}:{port} (Ctrl-C stops it)")
-    try:
-        launch(demo, host, port)
-    except OSError as err:  # e.g. the port is taken
-        raise ValueError(f"cannot serve on {host}:{port}: {err}") from None
+    with private_files() as files:
+        demo = build_app(pipe, dataset, steps=steps, clip_x0=clip_x0)
+        typer.echo(f"diti explore: {pipe.describe()} on http://{host}:{port} (Ctrl-C stops it; uploads and "
+                   f"outputs are kept in {files} until then)")
+        try:
+            launch(demo, host, port)
+        except OSError as err:  # e.g. the port is taken
+            raise ValueError(f"cannot serve on {host}:{port}: {err}") from None
+    typer.echo("diti explore: stopped; its uploads and outputs are removed")

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import typer
 
-from ..config import DiTiConfig, build_config
-from ..folders.layout import CONFIG
 from .common import int_list
 
 
@@ -58,6 +56,9 @@ def partition(
             placed = removed_loss_partition(from_removed_loss, latent_dim, k, floor, data, out)
         typer.echo(json.dumps(placed.to_json()) if as_json else placed.format_text())
         return
+    from ..config import DiTiConfig, build_config
+    from ..folders.layout import CONFIG
+
     if run is not None:
         config = Path(run) / CONFIG
     overrides = []

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ..config import DiTiConfig, PretrainConfig
 from .common import ConfigFile, Overrides, Preset, Resume, RunOut, TrainData, TrainSteps
 
 
@@ -22,6 +21,7 @@ def pretrain(
     resume: Resume = False,
 ):
     """Train a DDPM (diffusers UNet2DModel) to use as the frozen DM; writes RUN/dm/."""
+    from ..config import PretrainConfig
     from ..training.jobs import job_config
     from ..training.jobs import pretrain as run_pretrain
 
@@ -42,6 +42,7 @@ def train(
     resume: Resume = False,
 ):
     """Train DiTi's encoder and shift decoder on a frozen DM (partition.k=1 is PDAE)."""
+    from ..config import DiTiConfig
     from ..training.jobs import job_config, train_diti
 
     cfg = job_config(DiTiConfig, out, preset, config, set_ or [], resume, data=data, steps=steps, dm=dm)

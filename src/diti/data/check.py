@@ -13,9 +13,10 @@ passes is a file training can read. What it reports, per file:
 - ``extension``: the file's bytes are in another format than its extension says.
 
 A split that cannot be opened at all (a missing table row, a missing partition) is one ``error`` finding.
-Formats that store decoded pixels (``diti-array`` and the factor grids ``shapes3d``, ``dsprites``, ``mpi3d``,
-``cars3d``) have nothing to decode: opening each split checks their arrays (keys, shapes, dtypes, image count,
-the order of the label tables), and a file in another layout is an ``error`` finding naming what was expected.
+Formats that store decoded pixels (``diti-array``, e.g. ``diti data shapes``, and the factor grids
+``shapes3d``, ``dsprites``, ``mpi3d``, ``cars3d``) have nothing to decode: opening each split checks their
+arrays (keys, shapes, dtypes, image count, the order of the label tables; a file in another layout is an
+``error`` finding naming what was expected), and their images are counted as ``stored``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class CheckReport:
     splits: list[str]
     checked: int  # images decoded (each file once, whatever splits it is in)
     findings: list[Finding] = field(default_factory=list)
+    stored: int = 0  # images stored as decoded pixels, checked when their split was opened (nothing to decode)
 
     @property
     def unreadable(self) -> list[Finding]:
@@ -70,7 +72,10 @@ class CheckReport:
 
     def format_table(self) -> str:
         counts = ", ".join(f"{n} {kind}" for kind, n in self.counts().items() if n) or "nothing odd"
-        lines = [f"checked {self.checked} images of {self.root} (format {self.format}, splits "
+        what = [f"checked {self.checked} images"] if self.checked or not self.stored else []
+        if self.stored:
+            what.append(f"opened {self.stored} images stored as decoded pixels (nothing to decode)")
+        lines = [f"{' and '.join(what)} of {self.root} (format {self.format}, splits "
                  f"{', '.join(self.splits) or 'none'}): {counts}"]
         width = max((len(f.kind) for f in self.findings), default=0)
         lines += [f"{f.kind:<{width}}  {f.split}  {f.item}: {f.message}" for f in self.findings]
@@ -169,8 +174,9 @@ def check_dataset(
             report.findings.append(Finding("error", split, str(root), str(err)))
             continue
         sources = dataset.sources()
-        if sources is None:
-            continue  # decoded pixels: nothing to decode
+        if sources is None:  # decoded pixels, checked when the split was opened: nothing to decode
+            report.stored += len(dataset)
+            continue
         fresh = [s for s in sources if s[0] not in seen]
         seen.update(name for name, _, _ in fresh)
         loader = torch.utils.data.DataLoader(_Items(fresh, resolution), batch_size=None, num_workers=workers)

@@ -74,6 +74,38 @@ def decode_image(
         raise ValueError(f"image {name}: {err}") from None
 
 
+def open_image(path: str | Path, name: str = "", max_bytes: int | None = None,
+               max_pixels: int | None = None) -> Image.Image:
+    """A decoded copy of the image file ``path`` (any mode), for images a user hands over one at a time (the API's
+    image files, the explorer's uploads).
+
+    Refused with one ValueError sentence naming it (``name``, default the path): a file that is not an image PIL
+    reads, a truncated one, one larger than ``max_bytes``, or one of more than ``max_pixels`` pixels (checked from
+    the header, before anything is decoded)."""
+    path = Path(path)
+    name = name or f"image {path}"
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        raise ValueError(f"{name} is {path.stat().st_size / 2**20:.1f} MB, over the limit of "
+                         f"{max_bytes / 2**20:.0f} MB")
+    try:
+        with Image.open(path) as im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise ValueError(f"{name} is {im.width}x{im.height} pixels, over the limit of "
+                                 f"{max_pixels / 1e6:.0f} megapixels")
+            im.load()
+            return im.copy()
+    except Image.DecompressionBombError:
+        # PIL refuses to even open an image of more than 2 x Image.MAX_IMAGE_PIXELS pixels
+        limit = f"{max_pixels / 1e6:.0f}" if max_pixels is not None else f"{Image.MAX_IMAGE_PIXELS / 1e6:.0f}"
+        raise ValueError(f"{name} has more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, over the limit "
+                         f"of {limit} megapixels") from None
+    except Image.UnidentifiedImageError:
+        raise ValueError(f"cannot read {name}: it is not an image file (or one in a format PIL cannot read)") from None
+    except (OSError, SyntaxError) as err:
+        # PIL reports a bad file from deep inside its decoders; one line naming the file is more useful
+        raise ValueError(f"cannot read {name}: {err}") from None
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB."""
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):

@@ -2,12 +2,13 @@
 
 Two versions, both reproducible byte for byte (``version`` in ``generate_shapes`` and in ``dataset.json``):
 
-- **version 1** (the default, the demo's data): seven factors, every object bright on a dark background. On a
+- **version 1** (the default; the presets ``shapes-demo`` and ``shapes-bench``): seven factors, every object bright on a dark background. On a
   DDPM with the linear schedule every factor is lost between t ~ 400 and 700 (texture and shape first).
 - **version 2** (the benchmark's data, designed at 16 px): eight factors whose pixel energy is graded so that
-  a DM loses them across the time axis: a faint 1-pixel grain first (t ~ 100), then low-contrast stripes,
-  close object hues, shape and scale, position, and the background colour last (t ~ 670). Objects are
-  mid-grey-ish, so their outline contrasts less with the background than in version 1.
+  a DM loses them across the time axis: a faint 1-pixel grain first, then low-contrast stripes, close object
+  hues, shape and scale, position, and the background colour last (the t at which the shipped 16-px DM loses
+  each: ``assets/dm-shapes2-16/attribute_loss.json`` and its card). Objects are mid-grey-ish, so their outline
+  contrasts less with the background than in version 1.
 
 Every image is one object on a flat background. The factors are independent and uniform, so a probe on a
 representation can be scored per factor, and the factors differ in granularity the way DiTi's time-steps do:

@@ -117,7 +117,8 @@ def binary_target(labels: np.ndarray, target_class: int | None = None) -> tuple[
         return labels.astype(np.float64), "label == 1"
     if values <= {-1, 1}:
         return (labels > 0).astype(np.float64), "label == 1"
-    raise ValueError(f"labels have values {sorted(values)[:10]}; give target_class for a one-vs-rest target")
+    raise ValueError(f"the attribute has more than two values {sorted(values)[:10]}: give the class to move towards "
+                     "(target_class=, or --target-class on the command line)")
 
 
 def project_capped_simplex(s: torch.Tensor, k: float, iters: int = 50) -> torch.Tensor:

@@ -9,10 +9,12 @@ and checkpoint they came from; a cache that does not match is recomputed.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..data import Attributes
 from ..folders import DisentangleResult, ProbeResult, eval_dir, latest_checkpoint, load_diti_run
@@ -21,6 +23,14 @@ from ..folders.layout import CHECKPOINTS, CONFIG, DM, FACTOR_CLASSIFIER, FEATURE
 from ..inference import chunk_groups, dim_groups
 from .features import encode_dataset, load_features, save_features
 from .probe import linear_probe
+
+
+def say(text: str, progress: bool = True) -> None:
+    """One line on stderr naming the stage a long job starts (written above any open progress bar), so that no
+    stage of a command passes in silence; nothing when ``progress`` is off."""
+    if progress:
+        tqdm.write(text, file=sys.stderr)
+        sys.stderr.flush()
 
 
 def probe_task(attributes: Attributes) -> str:
@@ -68,7 +78,9 @@ def run_features(
     stem = split + ("-flip" if flipped else "")
     path, meta = folder / f"{stem}.npy", folder / f"{stem}.json"
     if path.is_file() and meta.is_file() and json.loads(meta.read_text()) == key:
+        say(f"codes of the {stem} split: cached in {path}", progress)
         return load_features(path)
+    say(f"encoding the {stem} split ({len(dataset)} images)", progress)
     source = _Flipped(dataset) if flipped else dataset
     z = encode_dataset(model.encoder, source, batch_size=batch_size, device=device, progress=progress)
     save_features(path, z, dataset.attributes)
@@ -218,7 +230,10 @@ def disentangle_features(
     names = [a_tr.names[i] for i in categorical]
     f_tr, f_te = np.asarray(a_tr.values)[:, categorical], np.asarray(a_te.values)[:, categorical]
     rows = subsample_rows(len(z_tr), proto.mig_max_rows, seed)
+    say(f"MIG on {len(rows)} codes of {z_tr.shape[1]} dims, {len(names)} factors", progress)
     mig_result = mig(z_tr[rows], f_tr[rows])
+    say(f"FactorVAE score ({proto.factor_vae_train_votes} training and {proto.factor_vae_eval_votes} evaluation "
+        "votes)", progress)
     fv = factor_vae_score(z_tr, f_tr, seed=seed, batch_size=proto.factor_vae_batch,
                           num_train_votes=proto.factor_vae_train_votes, num_eval_votes=proto.factor_vae_eval_votes,
                           num_variance_rows=proto.factor_vae_variance_rows)
@@ -229,6 +244,8 @@ def disentangle_features(
     if not with_dci:
         return DisentangleResult({**used, "dci": "not computed"}, names, mig_scores, fv_scores, None, None, None,
                                  None, None).to_dict()
+    say(f"DCI: one gradient-boosted classifier per factor ({len(names)}) on "
+        f"{min(len(z_tr), proto.dci_max_train or len(z_tr))} codes", progress)
     d = dci(z_tr, f_tr, z_te, f_te, seed=seed, progress=progress, max_train=proto.dci_max_train,
             max_test=proto.dci_max_test, n_jobs=n_jobs)
 
@@ -237,6 +254,7 @@ def disentangle_features(
     chunks = chunk_groups(partition, reference_partition)
     stage_ranges, chunk_ranges = [g.dim_range for g in stages], [g.dim_range for g in chunks]
     group_probe = np.zeros((len(stages), len(names)))
+    say(f"probes of each dim group ({len(stages)} groups x {len(names)} factors) for the alignment", progress)
     for g, (lo, hi) in enumerate(stage_ranges):
         res = linear_probe((z_tr[:, lo:hi], f_tr), (z_te[:, lo:hi], f_te), "multiclass", names=names, seed=seed,
                            **probe_kwargs)
@@ -327,12 +345,14 @@ def disentangle_run(
     ``reference``: a run (or config) whose partition gives the dim groups of the chunk-level metrics (for a
     PDAE run compared with a DiTi run).
     """
+    say(f"loading {run}", progress)
     model, cfg = load_diti_run(run, device=device)
     sets = open_distinct_splits(cfg, data, [train_split, test_split])
     train = run_features(model, cfg, run, data, train_split, device, progress=progress, dataset=sets[train_split])
     test = run_features(model, cfg, run, data, test_split, device, progress=progress, dataset=sets[test_split])
     ref = partition_of(reference, model.partition.latent_dim) if reference is not None else None
     result = disentangle_features(train, test, model.partition, reference_partition=ref, progress=progress, **kwargs)
+    say(f"writing {DisentangleResult.FILE} and {DisentangleResult.FIGURE}", progress)
     typed = write_disentangle(result, eval_dir(run), Path(run).name)
     if out is not None:
         write_disentangle(result, Path(out), Path(run).name)
@@ -359,6 +379,7 @@ def disentangle_saved(
     result = disentangle_features(train, test, part, reference_partition=ref, progress=progress, **kwargs)
     result["features"] = {"train": str(features), "test": str(test_features),
                           "partition": str(partition) if partition is not None else "k = 1 (none given)"}
+    say(f"writing {DisentangleResult.FILE} and {DisentangleResult.FIGURE}", progress)
     return write_disentangle(result, Path(out), Path(features).stem)
 
 

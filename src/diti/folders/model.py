@@ -161,7 +161,8 @@ def write_export(
 
     ``eval_files``: files copied into DIR/eval; ``model_card(index, name)``: the text of DIR/README.md. The
     config is written with nothing that points outside the folder (dm and data paths cleared; the data
-    format kept, for the input crop rule). The folder is written under a temporary name and renamed when
+    format kept, for the input crop rule), and model_index.json names the run, DM and data it came from by
+    their folder names only. The folder is written under a temporary name and renamed when
     complete.
     """
     out = Path(out)
@@ -180,7 +181,9 @@ def write_export(
             save_tensors(tmp / component / WEIGHTS, _component_state(model, component),
                          {**meta, "component": component})
         cfg = copy.deepcopy(config)
-        origin = {"run": str(source.resolve()) if source else None, "dm": cfg.dm, "data": cfg.data.path}
+        # provenance by folder name only: the export holds no path of the machine it was made on
+        origin = {key: Path(path).resolve().name if path else None
+                  for key, path in (("run", source), ("dm", cfg.dm), ("data", cfg.data.path))}
         cfg.dm, cfg.data.path, cfg.data.attributes = None, None, None
         cfg.data.format = data_format
         (tmp / CONFIG).write_text(dump_yaml(to_dict(cfg)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +24,8 @@ from .partition_rule import resolve_partition_rule
 from .precision import resolve_mixed_precision
 from .timesteps import IndependentSampler, build_sampler
 from .trainer import Trainer
+
+logger = logging.getLogger(__name__)
 
 C = TypeVar("C", DiTiConfig, PretrainConfig)
 
@@ -150,11 +153,21 @@ def train_diti(cfg: DiTiConfig, out: str | Path, resume: bool = False) -> Path:
     trainer = Trainer(model, dataset, cfg.train, cfg.data, sampler, out)
     if trainer.acc.is_main_process:
         write_run_files(out, "diti", cfg)
+        note_resize(dataset, "the DM's resolution" if cfg.data.resolution == dm_resolution(dm) else "data.resolution")
         if cfg.train.progress:  # the partition it trains with, beside the progress bar (stderr)
             print(f"partition (rule: {cfg.partition.rule}):\n{model.partition.format_table()}", file=sys.stderr)
     trainer.resume()
     trainer.run()
     return out
+
+
+def note_resize(dataset, why: str) -> None:
+    """A warning when a data set stored at one resolution (decoded pixels, e.g. the shapes data) is resized to
+    another for training: a silent resize would train on images the user did not expect."""
+    stored = getattr(dataset, "stored_resolution", None)
+    if stored is not None and stored != dataset.resolution:
+        logger.warning("the data %s is stored at %d px; every image is resized to %d px (%s) with %s resampling",
+                       dataset.root, stored, dataset.resolution, why, dataset.resize)
 
 
 def check_data_fits_dm(dataset, dm: UNet2DModel) -> None:
