@@ -1,0 +1,33 @@
+#!/bin/bash
+# The open benchmark issues' sweep plan, in order; every curves.py call resumes from the finished points in
+# RESULTS (benchmarks/results/curves-TAG). Run it from a worktree pinned to a commit, in the background:
+#   git worktree add --detach ../wt-sweep HEAD
+#   setsid nohup bash benchmarks/sweep_plan.sh ../wt-sweep fast decoder.frozen_fp32=true > sweep.log 2>&1 &
+# and commit benchmarks/results/curves-TAG/**/step*.json as they land (a session can end at any moment).
+# usage: sweep_plan.sh WORKTREE TAG EXTRA_SET...   (points go to the main checkout this script lies in)
+set -u
+WT=$(cd "$1" && pwd); TAG=$2; shift 2
+MAIN=$(cd "$(dirname "$0")/.." && pwd)
+PY=${PY:-$MAIN/.venv/bin/python}
+SETS=()
+for s in "$@"; do SETS+=(--set "$s"); done
+cd "$WT"
+run() {
+  OMP_NUM_THREADS=1 PYTHONPATH="$WT/src" "$PY" benchmarks/curves.py --precision bf16 "${SETS[@]}" --tag "$TAG" \
+    --out "$WT/runs/bench-curves-$TAG" --results "$MAIN/benchmarks/results/curves-$TAG" --jobs 2 "$@"
+}
+echo "== equivalence (speed issue): pdae, diti-k8-sg, seeds 0-2 $(date)"
+run --variants pdae,diti-k8-sg --seeds 0,1,2
+echo "== supervised bound and baselines, seeds 0-2 $(date)"
+run --variants supervised,pixel-pca,random-encoder --seeds 0,1,2
+echo "== official variants: base, imbalanced, seeds 0-2 $(date)"
+run --variants diti-k8-base,diti-imb-sg --seeds 0,1,2
+echo "== partition rules, seed 0 $(date)"
+run --variants diti-al-sg,diti-rl-sg --seeds 0
+echo "== objective options, seed 0 $(date)"
+run --variants diti-k8-sg-unitw,pdae-unitw --seeds 0
+run --variants diti-imb-sg-stagebal --seeds 0
+echo "== faster-optimisation options, seed 0 $(date)"
+run --variants pdae-is,diti-k8-sg-is --seeds 0
+run --variants diti-k8-sg-m8 --seeds 0
+echo "== done $(date)"
