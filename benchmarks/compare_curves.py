@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 BENCH = Path(__file__).resolve().parent
+CURVES = runpy.run_path(str(BENCH / "curves.py"))  # its point loader and mean ± std formatting
+_ms = CURVES["_ms"]
 COMPARED = {"probe_mean": "probe mean", "dci_d": "DCI-D", "chunk_d": "chunk-level D", "mig": "MIG"}
 
 
@@ -51,11 +53,6 @@ def compare(table_a: dict, table_b: dict, variants: list[str]) -> list[dict]:
                              "seeds": seeds, "a": a, "b": b, "diff": diff, "tolerance": tol,
                              "within": ok if len(seeds) > 1 else None})
     return rows
-
-
-def _ms(values) -> str:
-    values = np.asarray(values, float)
-    return f"{values.mean():.3f}" if len(values) == 1 else f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
 
 
 def format_rows(rows: list[dict], names: tuple[str, str]) -> str:
@@ -128,7 +125,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--variants", default="pdae,diti-k8-sg")
     p.add_argument("--out", help="folder for equivalence.md, equivalence.json and the figure")
     args = p.parse_args(argv)
-    load_points = runpy.run_path(str(BENCH / "curves.py"))["load_points"]
+    load_points = CURVES["load_points"]
     table_a, table_b = load_points(Path(args.a)), load_points(Path(args.b))
     variants = args.variants.split(",")
     names = tuple(args.names.split(","))
