@@ -186,6 +186,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training module (checkpoints stay uncompiled weights)
     channels_last: bool = False  # NHWC memory format for the models and images (a GPU speed option)
     progress: bool = True
+    # training/tracking.py: the log in TensorBoard (RUN/logs/) or wandb as well as RUN/metrics.jsonl, and
+    # every image_every steps a grid of reconstructions (DiTi) or samples (DDPM); 0: no images
+    log_with: Literal["none", "tensorboard", "wandb"] = "none"
+    image_every: int = 1000
 
     def validate(self) -> None:
         positive = {
@@ -201,6 +205,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {value}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.image_every < 0:
+            raise ConfigError(f"train.image_every must be >= 0 (0: no images), got {self.image_every}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ConfigError(f"train.adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
         if not 0 <= self.ema_decay < 1:

@@ -7,6 +7,7 @@ A run folder (``diti train``, ``diti pretrain``)::
     RUN/metrics.jsonl    training log, one JSON object per logged step
     RUN/loss_per_t.json  the per-time-step loss histogram (mean loss and count for every t)
     RUN/checkpoints/     folders/checkpoints.py
+    RUN/logs/            (``train.log_with``) the trackers' logs, e.g. TensorBoard's event files
     RUN/eval/            evaluation results (folders/results.py), figures, cached features
     RUN/dm/              (pretrain runs) the EMA DM as a diffusers pipeline folder
 
@@ -50,6 +51,7 @@ META = "meta.json"
 METRICS = "metrics.jsonl"
 LOSS_PER_T = "loss_per_t.json"
 CHECKPOINTS = "checkpoints"
+LOGS = "logs"
 # export folders
 INDEX = "model_index.json"
 EXPORT_CLASS = "DiTiPipeline"

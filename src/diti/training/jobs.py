@@ -23,6 +23,7 @@ from ..models.dm import build_unet, dm_resolution, load_dm, save_dm
 from .partition_rule import resolve_partition_rule
 from .precision import resolve_mixed_precision
 from .timesteps import IndependentSampler, build_sampler
+from .tracking import reconstructions, samples
 from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ C = TypeVar("C", DiTiConfig, PretrainConfig)
 # Config keys that may change when a run is resumed (bookkeeping, not the experiment).
 RESUMABLE_KEYS = {
     "train": ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "progress", "device", "compile",
-              "channels_last"),
+              "channels_last", "log_with", "image_every"),
     "data": ("num_workers", "skip_unreadable"),
 }
 
@@ -121,7 +122,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False) -> Path
     if trainer.acc.is_main_process:
         write_run_files(out, "pretrain", cfg)
     trainer.resume()
-    trainer.run()
+    trainer.run(to_dict(cfg), samples(module.unet, schedule, cfg.train.seed))
     if trainer.acc.is_main_process:
         unet = copy.deepcopy(module.unet)
         unet.load_state_dict({k.removeprefix("unet."): v for k, v in trainer.ema_state_dict().items()})
@@ -157,7 +158,7 @@ def train_diti(cfg: DiTiConfig, out: str | Path, resume: bool = False) -> Path:
         if cfg.train.progress:  # the partition it trains with, beside the progress bar (stderr)
             print(f"partition (rule: {cfg.partition.rule}):\n{model.partition.format_table()}", file=sys.stderr)
     trainer.resume()
-    trainer.run()
+    trainer.run(to_dict(cfg), reconstructions(model))
     return out
 
 

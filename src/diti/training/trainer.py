@@ -17,13 +17,15 @@ a GPU runs ahead of Python. The NaN guard still names the first step whose loss 
 checkpoint is ever written after such a step (the run stops at the next read-back, without saving).
 ``train.mixed_precision=bf16`` runs the forward passes under autocast while weights, optimizer state and
 EMA stay float32; ``train.compile`` compiles the training module, and checkpoints are always written from
-the unwrapped, uncompiled float32 module.
+the unwrapped, uncompiled float32 module. ``train.log_with`` sends the log to TensorBoard or wandb as well
+(training/tracking.py); metrics.jsonl is written either way.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -37,21 +39,27 @@ from ..config.schema import DataConfig, TrainConfig
 from ..errors import CheckpointSaveError, TrainingDiverged
 from ..folders.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..folders.files import atomic_write_text
-from ..folders.layout import CHECKPOINTS, LOSS_PER_T, METRICS
+from ..folders.layout import CHECKPOINTS, LOGS, LOSS_PER_T, METRICS
 from .ema import EMA
 from .loader import StepBatches, StepBatchSampler, default_num_workers, step_loader
 from .randomness import seed_step
 from .timesteps import TimestepSampler
+from .tracking import PREVIEW_IMAGES, Preview, Tracking, check_tracker
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
+def make_accelerator(cfg: TrainConfig, out: Path | None = None) -> Accelerator:
     # accelerate keeps one process-wide state and refuses a second Accelerator with another mixed precision;
     # a process that runs several jobs (tests, the demo) starts each from a fresh state. The process group
     # (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
+    tracked = cfg.log_with != "none"
+    if tracked:
+        check_tracker(cfg.log_with)
     return Accelerator(
         cpu=cfg.device == "cpu",
         mixed_precision=cfg.mixed_precision,
+        log_with=cfg.log_with if tracked else None,
+        project_dir=str(Path(out) / LOGS) if tracked and out is not None else None,
         gradient_accumulation_steps=1,  # accumulation is done by hand below (explicit no_sync)
     )
 
@@ -80,7 +88,7 @@ class Trainer:
         self.timesteps = sampler.timesteps
         self.out = Path(out)
         self.ckpt_dir = self.out / CHECKPOINTS
-        self.acc = accelerator or make_accelerator(cfg)
+        self.acc = accelerator or make_accelerator(cfg, self.out)
         # None: 0 on CPU, min(8, cores) on CUDA (training/loader.py)
         self.num_workers = default_num_workers(self.acc.device) if data.num_workers is None else data.num_workers
         world = self.acc.num_processes
@@ -162,14 +170,18 @@ class Trainer:
         atomic_write_text(self.out / LOSS_PER_T, json.dumps(data))
 
     # ------------------------------------------------------------------------------------------------
-    def run(self) -> None:
-        """Train from ``self.step`` to ``cfg.steps``: setup, then one ``train_step`` per optimizer step."""
+    def run(self, config: Mapping | None = None, preview: Preview | None = None) -> None:
+        """Train from ``self.step`` to ``cfg.steps``: setup, then one ``train_step`` per optimizer step.
+
+        With ``train.log_with``: ``config`` (the run's resolved config) is stored as the trackers'
+        hyperparameters and ``preview`` draws the image grid (training/tracking.py)."""
         cfg, acc = self.cfg, self.acc
         model, optimizer = self.model, self.optimizer
         if cfg.compile:
             model = torch.compile(model)
         loader = self.loader()
         self._start_device_state()
+        tracking = self._tracking(config or {}, preview) if cfg.log_with != "none" and acc.is_main_process else None
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not (cfg.progress and acc.is_main_process),
                    dynamic_ncols=True)
         window_start, window_first = time.perf_counter(), self.step
@@ -179,16 +191,22 @@ class Trainer:
                 self.train_step(model, optimizer, loader)
                 self.step += 1
                 bar.update(1)
-                log = self.step % cfg.log_every == 0 or self.step == cfg.steps
-                save = self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps
+                last = self.step == cfg.steps
+                log = self.step % cfg.log_every == 0 or last
+                save = self.step % cfg.checkpoint_every == 0 or last
+                if tracking is not None and tracking.wants_image(self.step, last):
+                    tracking.image(self.module, self.step)
                 if not (log or save):
                     continue
                 window_loss = self._read_back()  # the one host synchronisation; raises on a bad step
                 bar.set_postfix(loss=f"{window_loss:.4g}")
                 if log and acc.is_main_process:
                     elapsed, n = time.perf_counter() - window_start, self.step - window_first
-                    self._log({"step": self.step, "images": self.step * cfg.batch_size, "loss": window_loss,
-                               "lr": cfg.lr, "img_per_s": n * cfg.batch_size / max(elapsed, 1e-9)})
+                    row = {"step": self.step, "images": self.step * cfg.batch_size, "loss": window_loss,
+                           "lr": cfg.lr, "img_per_s": n * cfg.batch_size / max(elapsed, 1e-9)}
+                    self._log(row)
+                    if tracking is not None:
+                        tracking.scalars(row, self.loss_sum, self.loss_count)
                 if log:
                     self._window_sum.zero_()
                     self._window_n = 0
@@ -199,7 +217,19 @@ class Trainer:
                         self.save()
         finally:
             bar.close()
+            if tracking is not None:
+                tracking.end()
         acc.wait_for_everyone()
+
+    def _tracking(self, config: Mapping, preview: Preview | None) -> Tracking:
+        """The run's trackers, started; the image grid's fixed batch is the data set's first images."""
+        images = None
+        if preview is not None and self.cfg.image_every > 0:
+            n = min(PREVIEW_IMAGES, len(self.dataset))
+            images = torch.stack([self.dataset[i] for i in range(n)])
+        tracking = Tracking(self.acc, self.cfg.image_every, preview, images)
+        tracking.start(config, self.out.name, self.loss_sum, self.loss_count)
+        return tracking
 
     def loader(self):
         """An iterator over the micro-batches from ``self.step`` to ``cfg.steps`` (training/loader.py): every
