@@ -113,6 +113,8 @@ def test_callbacks_cache_inversions_and_redecode_only(explorer):
         (lambda ex, a: ex.pick(16), r"index 16 is out of range: the data set has 16 images \(0..15\)"),
         (lambda ex, a: ex.pick(1.5), "must be a whole number"),
         (lambda ex, a: ex.pick(None), "enter the index of an image"),
+        (lambda ex, a: ex.counterfactual(a, a, [], ["chunk 9: t 0-1, dims 0-1"], 0.5),
+         r"no chunk is labelled 'chunk 9: t 0-1, dims 0-1'; the chunks are: chunk 0: t 0-249, dims 0-3; "),
         (lambda ex, a: Explorer(ex.model).pick(0), "start the explorer with --data DIR"),
     ],
 )
@@ -130,6 +132,44 @@ def png_header(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_the_chunk_labels_the_page_shows_select_what_the_indices_do(explorer):
+    a, b = explorer.pick(0)[0], explorer.pick(3)[0]
+    labels = [label for label, _ in explorer.chunk_choices()]
+    by_label, message = explorer.counterfactual(a, b, [], [labels[1], labels[3]], 1.0)
+    assert "chunks 1, 3 moved toward b" in message
+    assert np.array_equal(by_label, explorer.counterfactual(a, b, [], [1, 3], 1.0)[0])
+
+
+@pytest.mark.parametrize("workers, cached_edit_first", [(2, True), (1, False)])
+def test_an_edit_of_cached_images_does_not_wait_behind_a_new_inversion(explorer, monkeypatch, workers,
+                                                                       cached_edit_first):
+    import threading
+
+    ex = Explorer(explorer.model, explorer.dataset, steps=STEPS, workers=workers)
+    a, b, new = (ex.pick(i)[0] for i in (0, 3, 5))
+    ex.counterfactual(a, b, [], [1], 1.0)  # a and b inverted: cached
+    slow_invert, started = ex.model.invert, threading.Event()
+
+    def invert(*args, **kwargs):
+        started.set()
+        time.sleep(3)
+        out = slow_invert(*args, **kwargs)
+        done.append("new inversion")
+        return out
+
+    monkeypatch.setattr(ex.model, "invert", invert)
+    done = []
+    inverting = threading.Thread(target=ex.reconstruct, args=(new,))
+    inverting.start()
+    started.wait(10)
+    ex.counterfactual(a, b, [], [1], 0.5)
+    done.append("cached edit")
+    inverting.join()
+    assert (done[0] == "cached edit") == cached_edit_first, done
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        Explorer(explorer.model, workers=0)
 
 
 def test_uploads_that_cannot_be_used_are_a_message_beside_the_image(explorer, tmp_path, monkeypatch):
@@ -193,6 +233,16 @@ def test_page_content(explorer):
     assert "no measured figures yet" in explorer.measured_markdown()
     items = explorer.gallery()
     assert len(items) == 16 and items[5][1] == "#5" and items[5][0].shape == (explorer.display, explorer.display, 3)
+    assert explorer.default_indices() == (0, 1)  # a and b start as two different images
+    paged = Explorer(explorer.model, explorer.dataset, steps=STEPS, gallery_size=5)
+    assert paged.gallery_pages == 4 and [label for _, label in paged.gallery(3)] == ["#15"]
+    assert [label for _, label in paged.gallery(1)] == ["#5", "#6", "#7", "#8", "#9"]
+    assert paged.gallery_label(3) == "the data set: images 15-15 of 16 (page 4 of 4); a click picks one"
+    with pytest.raises(ValueError, match="gallery page 4 is out of range: there are 4 pages"):
+        paged.gallery(4)
+    page, items, label, has_previous, has_next = paged.turn_page(2, 1)
+    assert (page, [c for _, c in items], has_previous, has_next) == (3, ["#15"], True, False) and "page 4" in label
+    assert paged.turn_page(3, 1)[0] == 3 and paged.turn_page(0, -1)[0] == 0 and not paged.turn_page(1, -1)[3]
     staged = diti.load(explorer.model.source)
     staged.model.partition = Partition(16, 4, 1000, (500, 1000), (6, 10))
     assert [label for label, _ in Explorer(staged).stage_choices()] == ["stage 0: t 0-499, dims 0-5",
@@ -237,6 +287,11 @@ def test_build_app(explorer):
     assert image_a.preprocess(None) is None
     assert not (SRC / "diti" / "app" / "explorer.pyi").exists()  # gradio writes one beside a component subclass
     assert not demo.analytics_enabled
+    # every model call waits in one queue that admits the explorer's workers at once
+    model_calls = [fn for fn in demo.fns.values() if fn.concurrency_id == "model"]
+    assert len(model_calls) == 5 and {fn.concurrency_limit for fn in model_calls} == {explorer.workers}
+    index_b = next(b for b in demo.blocks.values() if b.elem_id == "index-b")
+    assert index_b.value == 1 and index_b.precision is None  # 1.5 reaches pick, which refuses it
 
 
 # ------------------------------------------------------------------------------------------------
@@ -301,7 +356,7 @@ def test_explore_on_a_taken_port_says_so(exported):
         port = taken.getsockname()[1]
         result = CliRunner().invoke(app, ["explore", str(exported), "--port", str(port)])
     assert result.exit_code == 2 and f"cannot serve on 127.0.0.1:{port}" in result.output, result.output
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and "http://" not in result.output  # refused before the banner
     result = CliRunner().invoke(app, ["explore", str(exported), "--data", "/nonexistent"])
     assert result.exit_code == 2 and "error:" in result.output
     result = CliRunner().invoke(app, ["explore", str(exported), "--threads", "0"])
@@ -328,6 +383,11 @@ def test_browser_picks_images_moves_the_slider_and_swaps(server, tmp_path, capsy
             page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((server, "data:", "blob:"))
                     else None)
             page.goto(server)
+            # a and b start at two different indices; a fractional index is refused beside its box
+            assert page.locator("#index-b input").input_value() == "1"
+            page.locator("#index-a input").fill("1.5")
+            page.locator("#show-a").click()
+            page.locator("#message-a").get_by_text("must be a whole number, got 1.5").wait_for()
             # a by its index, b from the gallery
             page.locator("#index-a input").fill("0")
             page.locator("#show-a").click()
@@ -353,6 +413,10 @@ def test_browser_picks_images_moves_the_slider_and_swaps(server, tmp_path, capsy
                 images.append(np.asarray(Image.open(BytesIO(page.request.get(src).body())).convert("RGB")))
             page.locator("#strip-button").click()
             page.locator("#strip img").nth(3).wait_for()
+            # the strip's captions are whole ("b's chunk 0: t 0-249, dims 0-3"), not cut with an ellipsis
+            cut = page.evaluate("() => [...document.querySelectorAll('#strip .caption-label')]"
+                                ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)")
+            captions = page.locator("#strip .caption-label").all_text_contents()
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
@@ -361,6 +425,7 @@ def test_browser_picks_images_moves_the_slider_and_swaps(server, tmp_path, capsy
     assert images[0].shape == (160, 160, 3) and np.abs(images[0].astype(int) - images[1].astype(int)).max() > 20
     assert not outside, f"the page requested outside addresses: {outside[:5]}"
     assert shot.stat().st_size > 10_000
+    assert len(captions) == 4 and "b's chunk 0: t 0-249, dims 0-3" in captions[0] and not cut, (captions, cut)
 
 
 def test_browser_bad_uploads_are_messages_and_leave_no_files(exported, shapes32, tmp_path):

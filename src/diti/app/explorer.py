@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -59,6 +60,7 @@ CSS = """
   image-rendering: pixelated;
 }
 #image-a img, #image-b img { width: 100% !important; height: 100% !important; object-fit: contain; }
+#strip .caption-label { white-space: normal; max-width: 100%; overflow: visible; text-overflow: clip; }
 """
 
 
@@ -105,9 +107,13 @@ class Explorer:
         gallery_size: int = GALLERY_SIZE,
         display: int = DISPLAY,
         clip_x0: bool = False,
+        workers: int | None = None,
     ):
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        workers = default_workers() if workers is None else workers
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.model = model
         self.dataset = dataset
         self.steps = steps
@@ -115,7 +121,12 @@ class Explorer:
         self.gallery_size = gallery_size
         self.display = display
         self.clip_x0 = clip_x0  # clip the predicted x_0 at every decoding step (the official samplers' choice)
-        self._lock = threading.Lock()  # one model call at a time (gradio runs callbacks in threads)
+        # ``workers`` model calls at once (gradio runs callbacks in threads; the page's queue admits as many), so
+        # that an edit of cached inversions need not wait behind a new inversion when the cores allow it; the
+        # cache has its own lock, never held during a model call
+        self.workers = workers
+        self._slots = threading.BoundedSemaphore(workers)
+        self._cache_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------------
     # What the page shows around the callbacks
@@ -129,7 +140,8 @@ class Explorer:
                 "press **swap**.")
 
     def chunk_choices(self) -> list[tuple[str, int]]:
-        """(label, chunk index) for every chunk, labelled with its t-range and dims."""
+        """(label, chunk index) for every chunk, labelled with its t-range and dims. The page's checkboxes pass
+        the labels (so that its API takes what the page shows); the callbacks take labels or indices."""
         part = self.model.partition
         out = []
         for row in part.describe():
@@ -163,12 +175,38 @@ class Explorer:
     def alignment(self) -> tuple[list[str], list[list[str]]] | None:
         return alignment_table(self.model.results.get(DisentangleResult))
 
-    def gallery(self) -> list[tuple[np.ndarray, str]]:
-        """The first ``gallery_size`` images of the data set, upscaled for display, captioned with their index."""
+    @property
+    def gallery_pages(self) -> int:
+        return 0 if self.dataset is None else -(-len(self.dataset) // self.gallery_size)
+
+    def gallery(self, page: int = 0) -> list[tuple[np.ndarray, str]]:
+        """Page ``page`` of the data set (``gallery_size`` images from index page * gallery_size), upscaled for
+        display, captioned with their index."""
         if self.dataset is None:
             return []
-        n = min(self.gallery_size, len(self.dataset))
-        return [(self._show(im), f"#{i}") for i, im in enumerate(self.dataset.images(list(range(n))))]
+        if not 0 <= page < self.gallery_pages:
+            raise ValueError(f"gallery page {page} is out of range: there are {self.gallery_pages} pages")
+        first = page * self.gallery_size
+        indices = list(range(first, min(first + self.gallery_size, len(self.dataset))))
+        return [(self._show(im), f"#{i}") for i, im in zip(indices, self.dataset.images(indices), strict=True)]
+
+    def gallery_label(self, page: int = 0) -> str:
+        first = page * self.gallery_size
+        last = min(first + self.gallery_size, len(self.dataset)) - 1
+        return (f"the data set: images {first}-{last} of {len(self.dataset)} (page {page + 1} of "
+                f"{self.gallery_pages}); a click picks one")
+
+    def turn_page(self, page: int, delta: int) -> tuple[int, list[tuple[np.ndarray, str]], str, bool, bool]:
+        """The gallery ``delta`` pages from ``page`` (kept within the pages): (new page, its images, its label,
+        whether a previous page exists, whether a next one does)."""
+        new = min(max(int(page) + delta, 0), self.gallery_pages - 1)
+        return new, self.gallery(new), self.gallery_label(new), new > 0, new < self.gallery_pages - 1
+
+    def default_indices(self) -> tuple[int | None, int | None]:
+        """The indices a and b start at: two different images (0 and 1) when the data set has them."""
+        if self.dataset is None:
+            return None, None
+        return 0, min(1, len(self.dataset) - 1)
 
     # ------------------------------------------------------------------------------------------------
     # Callbacks: (inputs) -> (outputs..., status markdown)
@@ -195,8 +233,8 @@ class Explorer:
             return None, ""
         try:
             start = time.perf_counter()
-            with self._lock:
-                inv, cached = self._invert(image, name)
+            inv, cached = self._invert(image, name)
+            with self._slots:
                 out = self.model.reconstruct(inversion=inv, steps=self.steps, output_type="np", clip_x0=self.clip_x0)[0]
             took = time.perf_counter() - start
             return self._show(out), f"reconstruction in {took:.2f} s (inversion {'cached' if cached else 'computed'})"
@@ -209,10 +247,12 @@ class Explorer:
     ) -> tuple[np.ndarray | None, str]:
         """a decoded with the selected stages/chunks of z moved toward b's by ``alpha`` (1 = swap)."""
         try:
+            stages = _indices(stages, self.stage_choices(), "stage")
+            chunks = _indices(chunks, self.chunk_choices(), "chunk")
             mask = self._selection(stages, chunks)
             inv_a, inv_b, cached = self._pair(image_a, image_b)
             start = time.perf_counter()
-            with self._lock:
+            with self._slots:
                 out = self.model.counterfactual(
                     dims=np.flatnonzero(mask).tolist(), alpha=float(alpha), mode="interpolate", x_T=x_t,
                     steps=self.steps, inversion_a=inv_a, inversion_b=inv_b, output_type="np", clip_x0=self.clip_x0,
@@ -229,7 +269,7 @@ class Explorer:
         try:
             inv_a, inv_b, cached = self._pair(image_a, image_b)
             start = time.perf_counter()
-            with self._lock:
+            with self._slots:
                 rows = self.model.swap_each_group(x_T=x_t, steps=self.steps, inversion_a=inv_a, inversion_b=inv_b,
                                                   output_type="np", clip_x0=self.clip_x0)
             took = time.perf_counter() - start
@@ -240,41 +280,42 @@ class Explorer:
 
     # ------------------------------------------------------------------------------------------------
     def _invert(self, image, name: str) -> tuple[Inversion, bool]:
-        """(inversion of one image, whether it came from the cache); call with the lock held. ``image``: what the
-        API takes, or the path of an uploaded file (decoded within the upload limits)."""
+        """(inversion of one image, whether it came from the cache). ``image``: what the API takes, or the path of
+        an uploaded file (decoded within the upload limits). The inversion takes one of the ``workers`` slots."""
         if isinstance(image, (str, Path)):
             image = open_image(image, f"{name} ({Path(image).name})", MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS)
         x = self.model.preprocess(image)
         if len(x) != 1:
             raise ValueError(f"give one image here, got a batch of {len(x)}")
         key = self.cache.key(x, self.steps)
-        inv = self.cache.get(key)
-        if inv is not None:
-            self.cache.hits += 1
-            return inv, True
-        self.cache.misses += 1
-        inv = self.model.invert(x, self.steps)
-        self.cache.put(key, inv)
+        with self._cache_lock:
+            inv = self.cache.get(key)
+            if inv is not None:
+                self.cache.hits += 1
+                return inv, True
+            self.cache.misses += 1
+        with self._slots:
+            inv = self.model.invert(x, self.steps)
+        with self._cache_lock:
+            self.cache.put(key, inv)
         return inv, False
 
     def _pair(self, image_a, image_b) -> tuple[Inversion, Inversion, str]:
         missing = [name for name, im in (("a", image_a), ("b", image_b)) if im is None]
         if missing:
             raise ValueError(f"pick image {' and '.join(missing)} first (upload, data-set index or gallery)")
-        with self._lock:
-            (inv_a, hit_a), (inv_b, hit_b) = self._invert(image_a, "image a"), self._invert(image_b, "image b")
+        (inv_a, hit_a), (inv_b, hit_b) = self._invert(image_a, "image a"), self._invert(image_b, "image b")
         cached = {2: "both cached", 1: "one cached, one computed", 0: "both computed"}[hit_a + hit_b]
         return inv_a, inv_b, cached
 
-    def _selection(self, stages, chunks) -> np.ndarray:
-        stages, chunks = list(stages or []), list(chunks or [])
+    def _selection(self, stages: list[int], chunks: list[int]) -> np.ndarray:
         if not stages and not chunks:
             raise ValueError("the selection is empty: choose at least one stage or chunk to take from b")
         mask = np.zeros(self.model.latent_dim, dtype=bool)
         if stages:
-            mask |= self.model.select_dims(stages=[int(s) for s in stages])
+            mask |= self.model.select_dims(stages=stages)
         if chunks:
-            mask |= self.model.select_dims(chunks=[int(c) for c in chunks])
+            mask |= self.model.select_dims(chunks=chunks)
         if not mask.any():
             raise ValueError("the selected stages/chunks hold no dims; choose others")
         return mask
@@ -294,12 +335,34 @@ def _error(err: Exception) -> str:
     return f"**error:** {type(err).__name__}: {err} (the server's log has the details)"
 
 
+def default_workers() -> int:
+    """How many model calls may run at once: the cores over torch's threads per call (1 when each call takes
+    every core, e.g. torch's default; 2 on 2 cores with ``--threads 1``)."""
+    import torch
+
+    return max(1, (os.cpu_count() or 1) // torch.get_num_threads())
+
+
+def _indices(picked, choices: list[tuple[str, int]], what: str) -> list[int]:
+    """The indices of the picked stages or chunks, given as their labels (what the page shows) or indices."""
+    by_label = dict(choices)
+    out = []
+    for item in picked or []:
+        if isinstance(item, str) and item in by_label:
+            out.append(by_label[item])
+        elif isinstance(item, str) and not item.strip().lstrip("-").isdigit():
+            raise ValueError(f"no {what} is labelled {item!r}; the {what}s are: " + "; ".join(by_label))
+        else:
+            out.append(int(item))
+    return out
+
+
 def _describe_selection(stages, chunks) -> str:
     parts = []
     if stages:
-        parts.append(("stage " if len(stages) == 1 else "stages ") + ", ".join(str(int(s)) for s in stages))
+        parts.append(("stage " if len(stages) == 1 else "stages ") + ", ".join(map(str, stages)))
     if chunks:
-        parts.append(("chunk " if len(chunks) == 1 else "chunks ") + ", ".join(str(int(c)) for c in chunks))
+        parts.append(("chunk " if len(chunks) == 1 else "chunks ") + ", ".join(map(str, chunks)))
     return " and ".join(parts)
 
 
@@ -333,7 +396,10 @@ def build_app(model: DiTiPipeline, dataset=None, steps: int = DEFAULT_STEPS, exp
         return image
 
     ex = explorer or Explorer(model, dataset, steps, clip_x0=clip_x0)
-    chunk_choices, stage_choices = ex.chunk_choices(), ex.stage_choices()
+    # the checkboxes' values are their labels: the page's API then takes what the page shows
+    chunk_choices = [label for label, _ in ex.chunk_choices()]
+    stage_choices = [label for label, _ in ex.stage_choices()]
+    first_a, first_b = ex.default_indices()
     image_kw = dict(image_mode=None, format="png", height=ex.display, sources=["upload", "clipboard"])
     out_kw = dict(type="numpy", format="png", height=ex.display, interactive=False)
     with gr.Blocks(title=f"diti explorer: {model.name}", analytics_enabled=False) as demo:
@@ -344,14 +410,15 @@ def build_app(model: DiTiPipeline, dataset=None, steps: int = DEFAULT_STEPS, exp
                 image_a = image_input(label="a: the image to edit (upload, or pick below)", elem_id="image-a",
                                       **image_kw)
                 with gr.Row():
-                    index_a = gr.Number(label="data-set index of a", precision=0, elem_id="index-a",
+                    # no rounding (precision None): 1.5 reaches ``pick``, which refuses it with a message
+                    index_a = gr.Number(first_a, label="data-set index of a", elem_id="index-a",
                                         interactive=ex.dataset is not None)
                     show_a = gr.Button("show a", elem_id="show-a", interactive=ex.dataset is not None)
                 message_a = gr.Markdown(elem_id="message-a")
             with gr.Column():
                 image_b = image_input(label="b: where the chosen dims come from", elem_id="image-b", **image_kw)
                 with gr.Row():
-                    index_b = gr.Number(label="data-set index of b", precision=0, elem_id="index-b",
+                    index_b = gr.Number(first_b, label="data-set index of b", elem_id="index-b",
                                         interactive=ex.dataset is not None)
                     show_b = gr.Button("show b", elem_id="show-b", interactive=ex.dataset is not None)
                 message_b = gr.Markdown(elem_id="message-b")
@@ -361,9 +428,14 @@ def build_app(model: DiTiPipeline, dataset=None, steps: int = DEFAULT_STEPS, exp
             with gr.Row():
                 target = gr.Radio(["a", "b"], value="a", label="a click in the gallery sets", elem_id="gallery-target",
                                   scale=0, min_width=200)
-                gallery = gr.Gallery(ex.gallery(), label=f"the data set: first {min(ex.gallery_size, len(ex.dataset))} "
-                                     "images", columns=12, height=2 * 80 + 40, format="png", allow_preview=False,
-                                     elem_id="gallery", scale=4)
+                with gr.Column(scale=0, min_width=200):
+                    page = gr.State(0)
+                    previous_page = gr.Button("previous images", elem_id="gallery-previous", size="sm",
+                                              interactive=False)
+                    next_page = gr.Button("next images", elem_id="gallery-next", size="sm",
+                                          interactive=ex.gallery_pages > 1)
+                gallery = gr.Gallery(ex.gallery(0), label=ex.gallery_label(0), columns=12, height=2 * 80 + 40,
+                                     format="png", allow_preview=False, elem_id="gallery", scale=4)
         with gr.Row():
             stages = gr.CheckboxGroup(stage_choices, label="stages to take from b", elem_id="stages",
                                       visible=bool(stage_choices))
@@ -399,21 +471,33 @@ def build_app(model: DiTiPipeline, dataset=None, steps: int = DEFAULT_STEPS, exp
         index_a.submit(ex.pick, [index_a], pick_out[0])
         show_b.click(ex.pick, [index_b], pick_out[1])
         index_b.submit(ex.pick, [index_b], pick_out[1])
-        image_a.change(lambda image: ex.reconstruct(image, "image a"), [image_a], [recon_a, message_a])
-        image_b.change(lambda image: ex.reconstruct(image, "image b"), [image_b], [recon_b, message_b])
+        # every model call waits in one queue that admits ``ex.workers`` at once; a waiting user sees its place in
+        # it on the output (gradio's status, "queue: 2/3")
+        model_call = dict(concurrency_id="model", concurrency_limit=ex.workers, show_progress="full")
+        image_a.change(lambda image: ex.reconstruct(image, "image a"), [image_a], [recon_a, message_a], **model_call)
+        image_b.change(lambda image: ex.reconstruct(image, "image b"), [image_b], [recon_b, message_b], **model_call)
         cf_inputs = [image_a, image_b, stages, chunks, alpha, x_t]
-        swap.click(ex.counterfactual, cf_inputs, [output, status])
-        alpha.release(ex.counterfactual, cf_inputs, [output, status])
-        strip_button.click(ex.strip, [image_a, image_b, x_t], [strip, status])
+        swap.click(ex.counterfactual, cf_inputs, [output, status], **model_call)
+        alpha.release(ex.counterfactual, cf_inputs, [output, status], **model_call)
+        strip_button.click(ex.strip, [image_a, image_b, x_t], [strip, status], **model_call)
         if ex.dataset is not None:
 
-            def on_gallery(which: str, evt: gr.SelectData):
+            def on_gallery(which: str, shown: int, evt: gr.SelectData):
                 # the picked image, its index in the index box and the message, on the side the radio names
-                image, message = ex.pick(evt.index)
-                picked, keep = (image, evt.index, message), (gr.skip(),) * 3
+                index = shown * ex.gallery_size + evt.index
+                image, message = ex.pick(index)
+                picked, keep = (image, index, message), (gr.skip(),) * 3
                 return picked + keep if which == "a" else keep + picked
 
-            gallery.select(on_gallery, [target], [image_a, index_a, message_a, image_b, index_b, message_b])
+            def turn(shown: int, delta: int):
+                new, items, label, has_previous, has_next = ex.turn_page(shown, delta)
+                return (new, gr.Gallery(items, label=label), gr.Button(interactive=has_previous),
+                        gr.Button(interactive=has_next))
+
+            gallery.select(on_gallery, [target, page], [image_a, index_a, message_a, image_b, index_b, message_b])
+            paging = [page, gallery, previous_page, next_page]
+            previous_page.click(lambda shown: turn(shown, -1), [page], paging, concurrency_id="gallery")
+            next_page.click(lambda shown: turn(shown, 1), [page], paging, concurrency_id="gallery")
     return demo
 
 
@@ -446,12 +530,22 @@ def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a port another server holds, before anything is printed or built (gradio's own error quotes its
+    internals)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise ValueError(f"cannot serve on {host}:{port}: {err.strerror or err} (another server holds it? "
+                             "choose another with --port)") from None
+
+
 def launch(demo, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
     """Serve the page on host:port (no share link, no server-side rendering, no MCP server).
 
     With ``block``, serve until Ctrl-C or SIGTERM, then close the server and return (so that the caller's
     ``private_files`` folder is removed: SIGTERM's default would end the process at once)."""
-    demo.queue(default_concurrency_limit=1)
     kwargs = dict(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False, mcp_server=False,
                   show_error=False, css=CSS, footer_links=[], quiet=True)
     if not block:

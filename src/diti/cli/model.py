@@ -169,7 +169,7 @@ def explore(
     """The counterfactual explorer: a local web page to pick two images, swap or interpolate stages/chunks of
     their codes and see the result (needs gradio: the package's `app` extra, which `make setup` installs)."""
     try:
-        from ..app.explorer import build_app, launch, private_files
+        from ..app.explorer import build_app, check_port, launch, private_files
     except ImportError as err:
         raise ValueError(f"the explorer needs gradio ({err}); install it with: pip install 'diti[app]'") from None
     if threads is not None:
@@ -178,6 +178,7 @@ def explore(
         import torch
 
         torch.set_num_threads(threads)
+    check_port(host, port)  # before the model loads and the banner says where it serves
     pipe = _pipeline(run, device, dm=dm)
     dataset = pipe.dataset(data, split) if data is not None else None
     with private_files() as files:
