@@ -30,7 +30,7 @@ class MetaAccelerator(Accelerator):
         return META
 
 
-def _meta_accelerator(cfg):
+def _meta_accelerator(cfg, out=None):
     AcceleratorState._reset_state(reset_partial_state=False)
     return MetaAccelerator(cpu=True, mixed_precision=cfg.mixed_precision)
 
