@@ -42,9 +42,9 @@ def on_meta(monkeypatch):
     seen = {}
     original_run = Trainer.run
 
-    def run(self):
+    def run(self, *args):
         seen["trainer"] = self
-        return original_run(self)
+        return original_run(self, *args)
 
     monkeypatch.setattr(trainer_module, "make_accelerator", _meta_accelerator)
     monkeypatch.setattr(Trainer, "run", run)
@@ -87,7 +87,7 @@ def test_a_run_resumed_on_another_device_loads_its_state_there(tmp_path, random_
     seen = {}
     original_run = Trainer.run
     monkeypatch.setattr(trainer_module, "make_accelerator", _meta_accelerator)
-    monkeypatch.setattr(Trainer, "run", lambda self: seen.setdefault("trainer", self) and original_run(self))
+    monkeypatch.setattr(Trainer, "run", lambda self, *args: seen.setdefault("trainer", self) and original_run(self, *args))
     monkeypatch.setattr(Trainer, "_read_back", lambda self: 0.0)
     monkeypatch.setattr(Trainer, "save", lambda self: None)
     train_diti(quick_cfg(random_dm, shapes16, "train.steps=4", "train.checkpoint_every=2",
