@@ -15,6 +15,8 @@ and a random encoder are the references.
     python benchmarks/curves.py --precision bf16 --variants pdae,diti-k8-sg --jobs 2   # the fast mode's curves
     python benchmarks/curves.py --data-version 1 --resolution 32 --dm src/diti/assets/dm-shapes32 --tag v1 \
         --variants pdae,diti-k8-sg,diti-rl-sg --jobs 2       # version 1: every factor lost at t ~ 540-800
+    python benchmarks/curves.py --precision bf16 --set decoder.frozen_fp32=true --tag fast \
+        --variants pdae,diti-k8-sg --jobs 2 --fidelity       # + counterfactual fidelity at the last point
 
 ``--precision bf16`` trains every learned variant under bf16 autocast (``train.mixed_precision=bf16``; the
 evaluation stays float32) and keeps its points apart (default RESULTS benchmarks/results/curves-bf16, run
@@ -24,6 +26,14 @@ Each finished point is one JSON, ``RESULTS/<variant>/seed<k>/step<NNNNNN>.json``
 benchmarks/results/curves in full mode, OUT/results in quick mode): a killed or moved sweep resumes without
 redoing finished points (a run folder that is gone is retrained from step 0, bit-identically). Figures
 (``RESULTS/figures/*.png``) and ``RESULTS/curves.md`` are rebuilt from all JSON files at the end.
+
+``--fidelity`` adds, for every learned variant and seed, the counterfactual fidelity of the last point
+(``diti fidelity``: 128 random pairs, 50 DDIM steps, four dim groups, one factor classifier trained once on the
+sweep's data) in ``RESULTS/<variant>/seed<k>/fidelity.json``; a run folder that is gone is first retrained to
+the last point (bit-identical to the run the points came from). curves.md then reports, per dim group, the hit
+rate (swapping the group carries the factors the DM loses in its t-range) and the leakage (it changes the
+others), evaluation/fidelity.py:hit_and_leakage; PDAE's dim groups take the t-ranges DiTi's balanced partition
+gives the same dims.
 """
 
 from __future__ import annotations
@@ -45,8 +55,16 @@ from diti import __version__
 from diti.config import DiTiConfig, PretrainConfig, build_config
 from diti.data import generate_shapes
 from diti.evaluation.features import encode_dataset
-from diti.evaluation.runs import disentangle_features, probe_features, run_features
-from diti.folders import load_diti_run
+from diti.evaluation.fidelity import hit_and_leakage
+from diti.evaluation.runs import (
+    disentangle_features,
+    factor_classifier,
+    fidelity_run,
+    probe_features,
+    run_features,
+)
+from diti.folders import latest_checkpoint, load_diti_run
+from diti.folders.results import FidelityResult
 from diti.models.diti import DiTiModel
 from diti.models.dm import load_dm, shipped_dm
 from diti.partition import Partition, stages_from_crossings
@@ -97,9 +115,10 @@ BASELINES = {"pixel-pca": "first d principal components of the train pixels",
 SETTINGS = {
     "full": dict(preset="shapes2-bench", version=2, resolution=16, n_train=10000, n_test=2000, protocol="reference",
                  points=[250, 500, 1000, 2000, 4000], dci_points=2, seeds="0,1,2", k=8, probe_steps=None,
-                 supervised_steps=4000, rl_steps=500),
+                 supervised_steps=4000, rl_steps=500, fidelity_pairs=128, fidelity_steps=50, classifier_epochs=3),
     "quick": dict(preset="shapes-quick", version=2, resolution=16, n_train=256, n_test=64, protocol="fast",
-                  points=[2, 4], dci_points=1, seeds="0", k=4, probe_steps=200, supervised_steps=20, rl_steps=4),
+                  points=[2, 4], dci_points=1, seeds="0", k=4, probe_steps=200, supervised_steps=20, rl_steps=4,
+                  fidelity_pairs=6, fidelity_steps=4, classifier_epochs=1),
 }
 # Metrics drawn as curves: key in a point's "metrics" -> axis label.
 METRICS = {
@@ -198,9 +217,15 @@ def point_path(results: Path, variant: str, seed: int, step: int) -> Path:
     return results / variant / f"seed{seed}" / f"step{step:06d}.json"
 
 
+def fidelity_path(results: Path, variant: str, seed: int) -> Path:
+    return results / variant / f"seed{seed}" / "fidelity.json"
+
+
 def run_curve(variant: str, seed: int, s: dict, data: str, dm: str, out: str, results: str,
-              attribute_loss: str | None, threads: int | None, extra: tuple[str, ...] = ()) -> list[str]:
-    """Train one (variant, seed) through every point, evaluating each point once; returns the files written.
+              attribute_loss: str | None, threads: int | None, extra: tuple[str, ...] = (),
+              classifier: str | None = None) -> list[str]:
+    """Train one (variant, seed) through every point, evaluating each point once, and (``classifier``: the
+    factor classifier's file) its counterfactual fidelity at the last point; returns the files written.
     A top-level function so that a process pool can run several (``--jobs``), each with ``threads`` threads."""
     if threads:
         torch.set_num_threads(threads)
@@ -218,16 +243,20 @@ def run_curve(variant: str, seed: int, s: dict, data: str, dm: str, out: str, re
     segments_file = run / "segments.json"
     written = []
     dci_from = s["points"][-s["dci_points"]] if s["dci_points"] else None
-    for step in s["points"]:
-        path = point_path(results, variant, seed, step)
-        if path.is_file():
-            continue
+
+    def train_to(step: int) -> float:
         cfg = build_config(DiTiConfig, s["preset"], overrides=[
             f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", *overrides, f"train.seed={seed}",
             "train.progress=false", f"train.steps={step}"])
         t0 = time.perf_counter()
         train_diti(cfg, run, resume=(run / "config.yaml").is_file())
-        seconds = time.perf_counter() - t0
+        return time.perf_counter() - t0
+
+    for step in s["points"]:
+        path = point_path(results, variant, seed, step)
+        if path.is_file():
+            continue
+        seconds = train_to(step)
         segments = json.loads(segments_file.read_text()) if segments_file.is_file() else []
         segments.append({"to_step": step, "seconds": seconds})
         segments_file.write_text(json.dumps(segments))
@@ -249,7 +278,30 @@ def run_curve(variant: str, seed: int, s: dict, data: str, dm: str, out: str, re
         print(f"== {variant}/seed{seed} step {step}: probe mean {row['metrics']['probe_mean']:.3f}"
               + (f", DCI-D {row['metrics']['dci_d']:.3f}, chunk-D {row['metrics']['chunk_d']:.3f}"
                  if "dci_d" in row["metrics"] else ""), flush=True)
+    fid_path = fidelity_path(results, variant, seed)
+    if classifier is not None and not fid_path.is_file():
+        last = s["points"][-1]
+        latest = latest_checkpoint(run / "checkpoints")
+        if latest is None or int(latest.name.removeprefix("step-")) < last:
+            train_to(last)  # the run folder is gone (or short): the same weights again, bit-identically
+        t1 = time.perf_counter()
+        fid = fidelity_run(run, data, num_pairs=s["fidelity_pairs"], num_steps=s["fidelity_steps"],
+                           classifier=classifier)
+        row = fid.to_dict()
+        if fid.group_t_ranges[0] is None:  # PDAE's dim groups: the t-ranges DiTi's partition gives the same dims
+            row["reference_t_ranges"] = [_t_range_of_dims(reference, lo, hi) for lo, hi in fid.group_dim_ranges]
+        row.update(variant=variant, seed=seed, step=last, images=last * load_diti_run(run)[1].train.batch_size,
+                   eval_seconds=time.perf_counter() - t1, machine=_machine(threads), date=date.today().isoformat())
+        _write_json(fid_path, row)
+        written.append(str(fid_path))
+        print(f"== {variant}/seed{seed}: fidelity at step {last}", flush=True)
     return written
+
+
+def _t_range_of_dims(partition: Partition, lo: int, hi: int) -> list[int]:
+    """The t-range of the chunks of ``partition`` that hold dims [lo, hi)."""
+    rows = [r for r in partition.describe() if r["dims"] and r["dim_start"] < hi and r["dim_end"] > lo]
+    return [min(r["t_first"] for r in rows), max(r["t_last"] for r in rows)]
 
 
 def run_baseline(name: str, seed: int, s: dict, data: str, dm: str, results: str, threads: int | None) -> list[str]:
@@ -346,6 +398,40 @@ def load_points(results: Path) -> dict[str, dict[int, list[dict]]]:
     return table
 
 
+def load_fidelity(results: Path) -> dict[str, list[dict]]:
+    """variant -> the fidelity.json of every seed that has one (sorted by seed)."""
+    out: dict[str, list[dict]] = {}
+    for path in sorted(Path(results).glob("*/seed*/fidelity.json")):
+        row = json.loads(path.read_text())
+        out.setdefault(row["variant"], []).append(row)
+    return out
+
+
+def fidelity_lines(fidelity: dict[str, list[dict]], crossings: dict[str, float]) -> list[str]:
+    """Markdown: hit rate and leakage per dim group (evaluation/fidelity.py:hit_and_leakage), mean ± std over
+    the seeds, beside the reconstruction ceiling."""
+    lines = ["", "### Counterfactual fidelity at the last point", "",
+             "Swapping one dim group from a source into a target (decoded from the target's x_T): **hit** = how "
+             "often the factors the DM loses in the group's t-range take the source's value, **leakage** = how "
+             "often the other factors leave the target's (reconstruction errors included: compare with 1 - the "
+             "reconstruction accuracy). PDAE's groups take the t-ranges DiTi's balanced partition gives the same "
+             "dims.", "",
+             "| variant | seeds | group | t-range | its factors | hit | leakage | 1 - reconstruction accuracy |",
+             "|---|---|---|---|---|---|---|---|"]
+    for v in sorted(fidelity, key=lambda v: (v != "pdae", v)):
+        rows = fidelity[v]
+        per_seed = [hit_and_leakage(FidelityResult.from_dict(r), crossings, r.get("reference_t_ranges"))
+                    for r in rows]
+        recon = _ms([1 - float(np.nanmean([x for x in r["reconstruction_accuracy"] if x is not None]))
+                     for r in rows])
+        for g, first in enumerate(per_seed[0]):
+            hits = [seed[g]["hit"] for seed in per_seed]
+            leaks = [seed[g]["leakage"] for seed in per_seed]
+            lines.append(f"| {v} | {len(rows)} | {first['group']} | {first['t_range'][0]}-{first['t_range'][1]} | "
+                         f"{', '.join(first['factors']) or '-'} | {_ms(hits)} | {_ms(leaks)} | {recon} |")
+    return lines
+
+
 def _ms(values, fmt: str = ".3f") -> str:
     values = np.asarray([v for v in values if v is not None], dtype=float)
     if len(values) == 0:
@@ -377,7 +463,8 @@ def reach(steps: dict[int, list[dict]], seed: int, target: float) -> tuple[float
     return None
 
 
-def format_tables(table: dict, crossings: dict[str, float] | None = None) -> str:
+def format_tables(table: dict, crossings: dict[str, float] | None = None,
+                  fidelity: dict[str, list[dict]] | None = None) -> str:
     """Markdown: the plateau table (last point reached by every seed), the last doubling, per-factor probes and
     the chunk holding each factor."""
     if not table:
@@ -454,6 +541,8 @@ def format_tables(table: dict, crossings: dict[str, float] | None = None) -> str
             rho = [float(spearmanr(t, c).statistic) if np.ptp(c) > 0 else None for c in tops]
             lines.append(f"| {v} | " + " / ".join("–" if x is None else f"{x:.2f}" for x in rho)
                          + f" | {_ms(rho, '.2f')} |")
+    if fidelity and crossings:
+        lines += fidelity_lines(fidelity, crossings)
     lines += ["", "### Variants", ""]
     for v in _order(table):
         desc = VARIANTS.get(v, (BASELINES.get(v, v), []))[0]
@@ -557,6 +646,8 @@ def main(argv=None) -> dict:
                    "runs/bench-curves-bf16 with --precision bf16)")
     p.add_argument("--results", default=None, help="point JSON, figures, tables (default "
                    "benchmarks/results/curves or curves-bf16; quick: OUT/results)")
+    p.add_argument("--fidelity", action="store_true", help="also the counterfactual fidelity of every learned "
+                   "run's last point (RESULTS/<variant>/seed<k>/fidelity.json)")
     p.add_argument("--plot-only", action="store_true", help="only rebuild figures and tables from RESULTS")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
@@ -614,6 +705,11 @@ def main(argv=None) -> dict:
             p.error(f"{', '.join(v for v in variants if v in needs_crossings)} need --attribute-loss")
 
     threads = 1 if args.jobs > 1 else None
+    classifier = None
+    if args.fidelity:  # one judge for every run, trained before the jobs start (they only read it)
+        base = build_config(DiTiConfig, s["preset"], overrides=[f"data.path={json.dumps(str(data))}"])
+        classifier = str(out / "factor_classifier.safetensors")
+        factor_classifier(classifier, base.data.open("train"), base.data.open("test"), s["classifier_epochs"])
     # Baselines first (they are the reference lines), then seed-major over the learned variants: what finishes
     # first is already a comparison of every variant on one seed.
     jobs = [("baseline", v, seed) for seed in seeds for v in variants if v in BASELINES]
@@ -622,7 +718,8 @@ def main(argv=None) -> dict:
     def submit(kind, v, seed):
         if kind == "baseline":
             return run_baseline, (v, seed, s, str(data), str(dm), str(results), threads)
-        return run_curve, (v, seed, s, str(data), str(dm), str(out), str(results), attribute_loss, threads, extra)
+        return run_curve, (v, seed, s, str(data), str(dm), str(out), str(results), attribute_loss, threads, extra,
+                           classifier)
 
     if args.jobs > 1:
         import multiprocessing
@@ -656,7 +753,7 @@ def _finish(results: Path, attribute_loss: str | Path | None = None) -> dict:
     crossings = None
     if attribute_loss is not None and Path(attribute_loss).is_file():
         crossings = json.loads(Path(attribute_loss).read_text()).get("crossing_t_interp")
-    text = format_tables(table, crossings)
+    text = format_tables(table, crossings, load_fidelity(results))
     results.mkdir(parents=True, exist_ok=True)
     (results / "curves.md").write_text(text)
     figures = plot_curves(table, results / "figures") if table else []

@@ -3,7 +3,9 @@
 # RESULTS (benchmarks/results/curves-TAG). Run it from a worktree pinned to a commit, in the background:
 #   git worktree add --detach ../wt-sweep HEAD
 #   setsid nohup bash benchmarks/sweep_plan.sh ../wt-sweep fast decoder.frozen_fp32=true > sweep.log 2>&1 &
-# and commit benchmarks/results/curves-TAG/**/step*.json as they land (a session can end at any moment).
+# and commit benchmarks/results/curves-TAG/**/{step*,fidelity}.json as they land (a session can end at any moment).
+# Keep the worktree's runs/ between sessions (re-pin it with `git -C ../wt-sweep checkout --detach COMMIT`, not
+# by removing it): --fidelity reads the last checkpoint of each run, and a run folder that is gone is retrained.
 # usage: sweep_plan.sh WORKTREE TAG EXTRA_SET...   (points go to the main checkout this script lies in)
 set -u
 WT=$(cd "$1" && pwd); TAG=$2; shift 2
@@ -20,8 +22,10 @@ echo "== equivalence (speed issue): pdae, diti-k8-sg, seeds 0-2 $(date)"
 run --variants pdae,diti-k8-sg --seeds 0,1,2
 echo "== supervised bound and baselines, seeds 0-2 $(date)"
 run --variants supervised,pixel-pca,random-encoder --seeds 0,1,2
-echo "== official variants: base, imbalanced, seeds 0-2 $(date)"
-run --variants diti-k8-base,diti-imb-sg --seeds 0,1,2
+echo "== official variants: base, imbalanced, seeds 0-2, with fidelity at the plateau $(date)"
+run --variants diti-k8-base,diti-imb-sg --seeds 0,1,2 --fidelity
+echo "== fidelity at the plateau of PDAE and DiTi (retrains the runs whose folders are gone) $(date)"
+run --variants pdae,diti-k8-sg --seeds 0,1,2 --fidelity
 echo "== partition rules, seed 0 $(date)"
 run --variants diti-al-sg,diti-rl-sg --seeds 0
 echo "== objective options, seed 0 $(date)"

@@ -2,6 +2,7 @@
 
 import json
 import runpy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -76,14 +77,24 @@ def test_curves_quick(tmp_path, capsys):
     # a second call reuses every finished point
     again = main(["--quick", "--variants", "pdae", "--out", str(tmp_path)])
     assert len(again["table"]["pdae"][4]) == 1
+    # fidelity at the last point, for a run kept and for a run whose folder is gone (retrained to its last point)
+    shutil.rmtree(tmp_path / "diti-k8-sg" / "seed0")
+    main(["--quick", "--variants", "pdae,diti-k8-sg", "--out", str(tmp_path), "--fidelity"])
+    for v in ("pdae", "diti-k8-sg"):
+        fid = json.loads((results / v / "seed0" / "fidelity.json").read_text())
+        assert fid["step"] == 4 and fid["num_pairs"] == 6 and len(fid["group_labels"]) >= 2
+    assert "reference_t_ranges" in json.loads((results / "pdae/seed0/fidelity.json").read_text())
     # with the DM's crossings: each factor's chunk against the t where the DM loses it (a rank correlation)
     crossings = {name: 100.0 * i for i, name in enumerate(last["probe"])}
     (tmp_path / "al.json").write_text(json.dumps({"crossing_t_interp": crossings}))
     main(["--plot-only", "--results", str(results), "--attribute-loss", str(tmp_path / "al.json")])
-    table = (results / "curves.md").read_text().split("time-step at which the DM loses it?")[1]
+    table = (results / "curves.md").read_text().split("time-step at which the DM loses it?")[1].split("###")[0]
     rows = [line for line in table.splitlines() if line.startswith("| diti-k8-sg |")]
     mean = rows[0].split("|")[3].strip()
     assert len(rows) == 1 and (mean == "–" or -1 <= float(mean) <= 1)
+    fidelity = (results / "curves.md").read_text().split("### Counterfactual fidelity at the last point")[1]
+    rows = [line for line in fidelity.splitlines() if line.startswith(("| pdae |", "| diti-k8-sg |"))]
+    assert len(rows) == 8 and all(0 <= float(r.split("|")[6]) <= 1 for r in rows if r.split("|")[6].strip() != "–")
     # the fast mode's curves: trained under bf16 autocast, in their own folders
     bf16 = main(["--quick", "--precision", "bf16", "--variants", "pdae", "--points", "2", "--out", str(tmp_path / "b")])
     point = bf16["table"]["pdae"][2][0]

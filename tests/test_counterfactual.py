@@ -249,3 +249,31 @@ def test_clip_x0_clips_decoding_only(staged, images):
     assert clipped["images"].abs().max() <= 1.0
     assert torch.equal(clipped["reconstruction"], reconstruct(staged, x_a, STEPS, clip_x0=True))
     assert plain["images"].abs().max() > 1  # this random model decodes far outside [-1, 1] unclipped
+
+
+def test_hit_and_leakage_on_a_hand_made_result():
+    from diti.evaluation.fidelity import hit_and_leakage
+    from diti.folders.results import FidelityResult
+
+    nan = float("nan")
+    # 2 groups + all dims; factors a (lost at t 100), b (t 600), c (t 900)
+    takes = np.array([[0.9, 0.1, 0.2], [0.0, 0.8, 0.6], [1.0, 1.0, 1.0]])
+    keeps = np.array([[0.1, 0.8, 0.7], [0.9, 0.2, nan], [0.0, 0.0, 0.0]])
+    result = FidelityResult(["a", "b", "c"], ["g0", "g1", "all dims: 0-7"], [(0, 4), (4, 8), (0, 8)],
+                            [(0, 499), (500, 999), (0, 999)], takes, keeps, np.array([5, 5, 5]),
+                            np.ones(3), np.ones(3), 10, 5, 0)
+    rows = hit_and_leakage(result, {"a": 100.0, "b": 600.0, "c": 900.0})
+    assert [r["group"] for r in rows] == ["g0", "g1"]  # the group of all dims is left out
+    assert rows[0]["factors"] == ["a"] and rows[0]["hit"] == pytest.approx(0.9)
+    assert rows[0]["leakage"] == pytest.approx(((1 - 0.8) + (1 - 0.7)) / 2)
+    assert rows[1]["factors"] == ["b", "c"] and rows[1]["hit"] == pytest.approx(0.7)
+    assert rows[1]["leakage"] == pytest.approx(0.1)  # NaN cells (no pair differs) are skipped
+    # PDAE-like dim groups have no t-range of their own: the caller gives the same dims' DiTi t-ranges
+    pdae = FidelityResult(["a", "b", "c"], ["dims 0-3", "dims 4-7"], [(0, 4), (4, 8)], [None, None], takes[:2],
+                          keeps[:2], np.array([5, 5, 5]), np.ones(3), np.ones(3), 10, 5, 0)
+    with pytest.raises(ValueError, match="has no t-range"):
+        hit_and_leakage(pdae, {"a": 100.0, "b": 600.0, "c": 900.0})
+    same = hit_and_leakage(pdae, {"a": 100.0, "b": 600.0, "c": 900.0}, [(0, 499), (500, 999)])
+    assert [{**r, "group": None} for r in same] == [{**r, "group": None} for r in rows]
+    with pytest.raises(ValueError, match="no attribute-loss crossing for the factors"):
+        hit_and_leakage(result, {"a": 1.0})

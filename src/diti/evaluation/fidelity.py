@@ -312,6 +312,42 @@ def counterfactual_fidelity(
     )
 
 
+def hit_and_leakage(result: FidelityResult, crossings: dict[str, float],
+                    t_ranges: Sequence[tuple[int, int]] | None = None) -> list[dict]:
+    """Per dim group: does swapping it carry the factors the DM loses in its t-range, and only those?
+
+    A factor belongs to a group when its attribute-loss crossing t (``crossings``: factor -> t) lies in the
+    group's t-range (inclusive). ``hit`` is the mean of ``takes_source`` over the group's factors (None when
+    it has none); ``leakage`` the mean of 1 - ``keeps_target`` over the other factors (how often a factor the
+    group should not touch changed; reconstruction errors count too, so compare with 1 - the reconstruction
+    accuracy). ``t_ranges``: the groups' t-ranges when the result has none (PDAE's dim groups: pass the
+    t-ranges DiTi's partition gives the same dims). The group of all dims, when present, is left out.
+    """
+    d = max(hi for _, hi in result.group_dim_ranges)
+    ranges = list(t_ranges) if t_ranges is not None else list(result.group_t_ranges)
+    if len(ranges) < len(result.group_labels):  # t_ranges given for the dim groups only
+        ranges += [None] * (len(result.group_labels) - len(ranges))
+    names = list(result.factor_names)
+    missing = [f for f in names if f not in crossings]
+    if missing:
+        raise ValueError(f"no attribute-loss crossing for the factors {missing}")
+    rows = []
+    for g, label in enumerate(result.group_labels):
+        if tuple(result.group_dim_ranges[g]) == (0, d) and len(result.group_labels) > 1:
+            continue  # every dim: carries everything by construction
+        if ranges[g] is None:
+            raise ValueError(f"group {label!r} has no t-range: pass t_ranges")
+        t0, t1 = ranges[g]
+        mine = [f for f, name in enumerate(names) if t0 <= crossings[name] <= t1]
+        others = [f for f in range(len(names)) if f not in mine]
+        hit = np.nanmean(result.takes_source[g, mine]) if mine else None
+        leak = np.nanmean(1 - result.keeps_target[g, others]) if others else None
+        rows.append({"group": label, "t_range": [int(t0), int(t1)], "factors": [names[f] for f in mine],
+                     "hit": None if hit is None or np.isnan(hit) else float(hit),
+                     "leakage": None if leak is None or np.isnan(leak) else float(leak)})
+    return rows
+
+
 def plot_fidelity(result: FidelityResult, path: str | Path, title: str | None = None) -> Path:
     """Two heatmaps (takes source, keeps target): factors on x, dim groups (with t-ranges) on y, values
     annotated, and a last row with the reconstruction ceiling. Saves to ``path`` (format by extension)."""
