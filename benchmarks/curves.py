@@ -33,7 +33,9 @@ sweep's data) in ``RESULTS/<variant>/seed<k>/fidelity.json``; a run folder that 
 the last point (bit-identical to the run the points came from). curves.md then reports, per dim group, the hit
 rate (swapping the group carries the factors the DM loses in its t-range) and the leakage (it changes the
 others), evaluation/fidelity.py:hit_and_leakage; PDAE's dim groups take the t-ranges DiTi's balanced partition
-gives the same dims.
+gives the same dims. ``--peers`` adds the peers' protocol at the last point of every variant and reference
+(``RESULTS/<variant>/seed<k>/peers.json``; each chunk reduced to one dim by PCA, disentanglement_lib's counts),
+the numbers DisDiff, EncDiff and FDAE report, as a table in curves.md.
 """
 
 from __future__ import annotations
@@ -206,6 +208,15 @@ def evaluate(train, test, partition: Partition, s: dict, seed: int, with_dci: bo
     }
 
 
+def evaluate_peers(train, test, partition: Partition, seed: int, reference) -> dict:
+    """The peers' protocol (``diti disentangle --protocol peers``: each chunk, PDAE's on the reference chunks,
+    reduced to one dim by PCA, then disentanglement_lib's counts): DCI-D, FactorVAE, MIG."""
+    dis = disentangle_features(train, test, partition, protocol="peers", reference_partition=reference, seed=seed,
+                               progress=False, n_jobs=1)
+    return {"metrics": {"dci_d": dis["dci"]["disentanglement"], "factor_vae": dis["factor_vae"]["eval_accuracy"],
+                        "mig": dis["mig"]["mig"]}, "protocol": dis["protocol"]}
+
+
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -221,11 +232,16 @@ def fidelity_path(results: Path, variant: str, seed: int) -> Path:
     return results / variant / f"seed{seed}" / "fidelity.json"
 
 
+def peers_path(results: Path, variant: str, seed: int) -> Path:
+    return results / variant / f"seed{seed}" / "peers.json"
+
+
 def run_curve(variant: str, seed: int, s: dict, data: str, dm: str, out: str, results: str,
               attribute_loss: str | None, threads: int | None, extra: tuple[str, ...] = (),
-              classifier: str | None = None) -> list[str]:
-    """Train one (variant, seed) through every point, evaluating each point once, and (``classifier``: the
-    factor classifier's file) its counterfactual fidelity at the last point; returns the files written.
+              classifier: str | None = None, peers: bool = False) -> list[str]:
+    """Train one (variant, seed) through every point, evaluating each point once, and at the last point its
+    counterfactual fidelity (``classifier``: the factor classifier's file) and the peers' protocol (``peers``);
+    returns the files written.
     A top-level function so that a process pool can run several (``--jobs``), each with ``threads`` threads."""
     if threads:
         torch.set_num_threads(threads)
@@ -278,12 +294,25 @@ def run_curve(variant: str, seed: int, s: dict, data: str, dm: str, out: str, re
         print(f"== {variant}/seed{seed} step {step}: probe mean {row['metrics']['probe_mean']:.3f}"
               + (f", DCI-D {row['metrics']['dci_d']:.3f}, chunk-D {row['metrics']['chunk_d']:.3f}"
                  if "dci_d" in row["metrics"] else ""), flush=True)
-    fid_path = fidelity_path(results, variant, seed)
+    last = s["points"][-1]
+    fid_path, peer_path = fidelity_path(results, variant, seed), peers_path(results, variant, seed)
+    wanted = (classifier is not None and not fid_path.is_file()) or (peers and not peer_path.is_file())
+    latest = latest_checkpoint(run / "checkpoints")
+    if wanted and (latest is None or int(latest.name.removeprefix("step-")) < last):
+        train_to(last)  # the run folder is gone (or short): the same weights again, bit-identically
+    if peers and not peer_path.is_file():
+        model, cfg = load_diti_run(run)
+        train = run_features(model, cfg, run, data, "train", progress=False)
+        test = run_features(model, cfg, run, data, "test", progress=False)
+        t1 = time.perf_counter()
+        row = evaluate_peers(train, test, model.partition, seed, reference if model.partition.k == 1 else None)
+        row.update(variant=variant, seed=seed, step=last, images=last * cfg.train.batch_size,
+                   eval_seconds=time.perf_counter() - t1, machine=_machine(threads), date=date.today().isoformat())
+        _write_json(peer_path, row)
+        written.append(str(peer_path))
+        print(f"== {variant}/seed{seed}: peers' protocol at step {last}: DCI-D {row['metrics']['dci_d']:.3f}",
+              flush=True)
     if classifier is not None and not fid_path.is_file():
-        last = s["points"][-1]
-        latest = latest_checkpoint(run / "checkpoints")
-        if latest is None or int(latest.name.removeprefix("step-")) < last:
-            train_to(last)  # the run folder is gone (or short): the same weights again, bit-identically
         t1 = time.perf_counter()
         fid = fidelity_run(run, data, num_pairs=s["fidelity_pairs"], num_steps=s["fidelity_steps"],
                            classifier=classifier)
@@ -304,12 +333,15 @@ def _t_range_of_dims(partition: Partition, lo: int, hi: int) -> list[int]:
     return [min(r["t_first"] for r in rows), max(r["t_last"] for r in rows)]
 
 
-def run_baseline(name: str, seed: int, s: dict, data: str, dm: str, results: str, threads: int | None) -> list[str]:
-    """Pixel-PCA or a random encoder: one point (images 0), evaluated with DCI."""
+def run_baseline(name: str, seed: int, s: dict, data: str, dm: str, results: str, threads: int | None,
+                 peers: bool = False) -> list[str]:
+    """Pixel-PCA, a random encoder or the supervised bound: one point (images 0), evaluated with DCI (and with
+    ``peers``, the peers' protocol in peers.json)."""
     if threads:
         torch.set_num_threads(threads)
     path = Path(results) / name / f"seed{seed}" / "step000000.json"
-    if path.is_file():
+    peer_path = peers_path(Path(results), name, seed)
+    if path.is_file() and (not peers or peer_path.is_file()):
         return []
     base = build_config(DiTiConfig, s["preset"], overrides=[f"dm={json.dumps(str(dm))}",
                                                              f"data.path={json.dumps(str(data))}"])
@@ -332,6 +364,17 @@ def run_baseline(name: str, seed: int, s: dict, data: str, dm: str, results: str
         model = DiTiModel.from_config(base, load_dm(dm)).eval()
         z_tr, z_te = (encode_dataset(model.encoder, ds, progress=False) for ds in (train_set, test_set))
     reference = Partition(d, s["k"], base.diffusion.timesteps)
+    written = []
+    if peers and not peer_path.is_file():
+        t1 = time.perf_counter()
+        row = evaluate_peers((z_tr, train_set.attributes), (z_te, test_set.attributes), Partition(d, 1, 1000), seed,
+                             reference)
+        row.update(variant=name, seed=seed, step=0, images=0, eval_seconds=time.perf_counter() - t1,
+                   machine=_machine(threads), date=date.today().isoformat())
+        _write_json(peer_path, row)
+        written.append(str(peer_path))
+    if path.is_file():
+        return written
     t1 = time.perf_counter()
     row = evaluate((z_tr, train_set.attributes), (z_te, test_set.attributes), Partition(d, 1, 1000), s, seed,
                    True, reference)
@@ -340,7 +383,7 @@ def run_baseline(name: str, seed: int, s: dict, data: str, dm: str, results: str
     _write_json(path, row)
     print(f"== {name}/seed{seed}: probe mean {row['metrics']['probe_mean']:.3f}, DCI-D {row['metrics']['dci_d']:.3f}",
           flush=True)
-    return [str(path)]
+    return [*written, str(path)]
 
 
 def supervised_train(encoder: torch.nn.Module, dataset, steps: int, batch: int, seed: int,
@@ -398,10 +441,10 @@ def load_points(results: Path) -> dict[str, dict[int, list[dict]]]:
     return table
 
 
-def load_fidelity(results: Path) -> dict[str, list[dict]]:
-    """variant -> the fidelity.json of every seed that has one (sorted by seed)."""
+def load_extra(results: Path, name: str) -> dict[str, list[dict]]:
+    """variant -> the ``name`` file (fidelity.json, peers.json) of every seed that has one (sorted by seed)."""
     out: dict[str, list[dict]] = {}
-    for path in sorted(Path(results).glob("*/seed*/fidelity.json")):
+    for path in sorted(Path(results).glob(f"*/seed*/{name}")):
         row = json.loads(path.read_text())
         out.setdefault(row["variant"], []).append(row)
     return out
@@ -464,7 +507,7 @@ def reach(steps: dict[int, list[dict]], seed: int, target: float) -> tuple[float
 
 
 def format_tables(table: dict, crossings: dict[str, float] | None = None,
-                  fidelity: dict[str, list[dict]] | None = None) -> str:
+                  fidelity: dict[str, list[dict]] | None = None, peers: dict[str, list[dict]] | None = None) -> str:
     """Markdown: the plateau table (last point reached by every seed), the last doubling, per-factor probes and
     the chunk holding each factor."""
     if not table:
@@ -541,6 +584,16 @@ def format_tables(table: dict, crossings: dict[str, float] | None = None,
             rho = [float(spearmanr(t, c).statistic) if np.ptp(c) > 0 else None for c in tops]
             lines.append(f"| {v} | " + " / ".join("–" if x is None else f"{x:.2f}" for x in rho)
                          + f" | {_ms(rho, '.2f')} |")
+    if peers:
+        lines += ["", "### The peers' protocol at the last point", "",
+                  "Each chunk reduced to one dim by PCA (PDAE and the references: the chunks of DiTi's balanced "
+                  "partition), then disentanglement_lib's sample counts (`diti disentangle --protocol peers`, "
+                  "docs/evaluation.md): the numbers DisDiff, EncDiff and FDAE report.", "",
+                  "| variant | seeds | DCI-D | FactorVAE | MIG |", "|---|---|---|---|---|"]
+        for v in sorted(peers, key=lambda v: (v in BASELINES, v != "pdae", v)):
+            rows = peers[v]
+            lines.append(f"| {v} | {len(rows)} | " + " | ".join(_ms([r["metrics"][m] for r in rows])
+                                                                for m in ("dci_d", "factor_vae", "mig")) + " |")
     if fidelity and crossings:
         lines += fidelity_lines(fidelity, crossings)
     lines += ["", "### Variants", ""]
@@ -648,6 +701,8 @@ def main(argv=None) -> dict:
                    "benchmarks/results/curves or curves-bf16; quick: OUT/results)")
     p.add_argument("--fidelity", action="store_true", help="also the counterfactual fidelity of every learned "
                    "run's last point (RESULTS/<variant>/seed<k>/fidelity.json)")
+    p.add_argument("--peers", action="store_true", help="also the peers' protocol (PCA of each chunk to one dim, "
+                   "disentanglement_lib's counts) at every run's last point (RESULTS/<variant>/seed<k>/peers.json)")
     p.add_argument("--plot-only", action="store_true", help="only rebuild figures and tables from RESULTS")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
@@ -717,9 +772,9 @@ def main(argv=None) -> dict:
 
     def submit(kind, v, seed):
         if kind == "baseline":
-            return run_baseline, (v, seed, s, str(data), str(dm), str(results), threads)
+            return run_baseline, (v, seed, s, str(data), str(dm), str(results), threads, args.peers)
         return run_curve, (v, seed, s, str(data), str(dm), str(out), str(results), attribute_loss, threads, extra,
-                           classifier)
+                           classifier, args.peers)
 
     if args.jobs > 1:
         import multiprocessing
@@ -753,7 +808,7 @@ def _finish(results: Path, attribute_loss: str | Path | None = None) -> dict:
     crossings = None
     if attribute_loss is not None and Path(attribute_loss).is_file():
         crossings = json.loads(Path(attribute_loss).read_text()).get("crossing_t_interp")
-    text = format_tables(table, crossings, load_fidelity(results))
+    text = format_tables(table, crossings, load_extra(results, "fidelity.json"), load_extra(results, "peers.json"))
     results.mkdir(parents=True, exist_ok=True)
     (results / "curves.md").write_text(text)
     figures = plot_curves(table, results / "figures") if table else []

@@ -22,10 +22,11 @@ echo "== equivalence (speed issue): pdae, diti-k8-sg, seeds 0-2 $(date)"
 run --variants pdae,diti-k8-sg --seeds 0,1,2
 echo "== supervised bound and baselines, seeds 0-2 $(date)"
 run --variants supervised,pixel-pca,random-encoder --seeds 0,1,2
-echo "== official variants: base, imbalanced, seeds 0-2, with fidelity at the plateau $(date)"
-run --variants diti-k8-base,diti-imb-sg --seeds 0,1,2 --fidelity
-echo "== fidelity at the plateau of PDAE and DiTi (retrains the runs whose folders are gone) $(date)"
-run --variants pdae,diti-k8-sg --seeds 0,1,2 --fidelity
+echo "== official variants: base, imbalanced, seeds 0-2, with fidelity and the peers' protocol at the plateau $(date)"
+run --variants diti-k8-base,diti-imb-sg --seeds 0,1,2 --fidelity --peers
+echo "== fidelity and the peers' protocol at the plateau (retrains the runs whose folders are gone) $(date)"
+run --variants pdae,diti-k8-sg --seeds 0,1,2 --fidelity --peers
+run --variants supervised,pixel-pca,random-encoder --seeds 0,1,2 --peers
 echo "== partition rules, seed 0 $(date)"
 run --variants diti-al-sg,diti-rl-sg --seeds 0
 echo "== objective options, seed 0 $(date)"

@@ -79,10 +79,15 @@ def test_curves_quick(tmp_path, capsys):
     assert len(again["table"]["pdae"][4]) == 1
     # fidelity at the last point, for a run kept and for a run whose folder is gone (retrained to its last point)
     shutil.rmtree(tmp_path / "diti-k8-sg" / "seed0")
-    main(["--quick", "--variants", "pdae,diti-k8-sg", "--out", str(tmp_path), "--fidelity"])
+    main(["--quick", "--variants", "pdae,diti-k8-sg,pixel-pca", "--out", str(tmp_path), "--fidelity", "--peers"])
     for v in ("pdae", "diti-k8-sg"):
         fid = json.loads((results / v / "seed0" / "fidelity.json").read_text())
         assert fid["step"] == 4 and fid["num_pairs"] == 6 and len(fid["group_labels"]) >= 2
+    for v in ("pdae", "diti-k8-sg", "pixel-pca"):  # the peers' protocol: k = 4 chunks, one PCA dim each
+        peers = json.loads((results / v / "seed0" / "peers.json").read_text())
+        assert peers["protocol"]["chunk_reduction"]["method"] == "pca"
+        assert len(peers["protocol"]["chunk_reduction"]["chunks"]) == 4 and 0 <= peers["metrics"]["dci_d"] <= 1
+    assert "### The peers' protocol at the last point" in (results / "curves.md").read_text()
     assert "reference_t_ranges" in json.loads((results / "pdae/seed0/fidelity.json").read_text())
     # with the DM's crossings: each factor's chunk against the t where the DM loses it (a rank correlation)
     crossings = {name: 100.0 * i for i, name in enumerate(last["probe"])}
