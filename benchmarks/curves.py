@@ -742,6 +742,8 @@ def main(argv=None) -> dict:
     attribute_loss = args.attribute_loss
     if args.dm:
         dm = Path(args.dm)
+        beside = dm / "attribute_loss.json"  # the DM's own crossings, when measured (the shipped DMs have them)
+        attribute_loss = attribute_loss or (str(beside) if beside.is_file() else None)
     elif args.quick:
         cfg = build_config(PretrainConfig, s["preset"], overrides=[f"data.path={json.dumps(str(data))}",
                                                                     "train.progress=false", "train.steps=20"])
