@@ -35,4 +35,12 @@ run --variants diti-imb-sg-stagebal --seeds 0
 echo "== faster-optimisation options, seed 0 $(date)"
 run --variants pdae-is,diti-k8-sg-is --seeds 0
 run --variants diti-k8-sg-m8 --seeds 0
+echo "== the partition issue: shapes v1 at 32 px (every factor lost at t ~ 520-780), seed 0 first $(date)"
+v1() {
+  OMP_NUM_THREADS=1 PYTHONPATH="$WT/src" "$PY" benchmarks/curves.py --precision bf16 "${SETS[@]}" --tag "$TAG-v1" \
+    --data-version 1 --resolution 32 --dm src/diti/assets/dm-shapes32 --out "$WT/runs/bench-curves-$TAG-v1" \
+    --results "$MAIN/benchmarks/results/curves-$TAG-v1" --jobs 2 --variants pdae,diti-k8-sg,diti-al-sg,diti-rl-sg "$@"
+}
+v1 --seeds 0
+v1 --seeds 1,2
 echo "== done $(date)"
