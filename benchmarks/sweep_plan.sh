@@ -22,19 +22,21 @@ echo "== equivalence (speed issue): pdae, diti-k8-sg, seeds 0-2 $(date)"
 run --variants pdae,diti-k8-sg --seeds 0,1,2
 echo "== supervised bound and baselines, seeds 0-2 $(date)"
 run --variants supervised,pixel-pca,random-encoder --seeds 0,1,2
-echo "== official variants: base, imbalanced, seeds 0-2, with fidelity and the peers' protocol at the plateau $(date)"
-run --variants diti-k8-base,diti-imb-sg --seeds 0,1,2 --fidelity --peers
+echo "== official variants: base, imbalanced, seed 0, with fidelity and the peers' protocol at the plateau $(date)"
+run --variants diti-k8-base,diti-imb-sg --seeds 0 --fidelity --peers
+echo "== objective options (give every chunk a signal), seed 0 $(date)"
+run --variants diti-k8-sg-unitw,pdae-unitw --seeds 0 --fidelity --peers
+run --variants diti-imb-sg-stagebal --seeds 0 --fidelity --peers
+echo "== official variants: base, imbalanced, seeds 1-2 $(date)"
+run --variants diti-k8-base,diti-imb-sg --seeds 1,2 --fidelity --peers
 echo "== fidelity and the peers' protocol at the plateau (retrains the runs whose folders are gone) $(date)"
 run --variants pdae,diti-k8-sg --seeds 0,1,2 --fidelity --peers
 run --variants supervised,pixel-pca,random-encoder --seeds 0,1,2 --peers
 echo "== partition rules, seed 0 $(date)"
-run --variants diti-al-sg,diti-rl-sg --seeds 0
-echo "== objective options, seed 0 $(date)"
-run --variants diti-k8-sg-unitw,pdae-unitw --seeds 0
-run --variants diti-imb-sg-stagebal --seeds 0
+run --variants diti-al-sg,diti-rl-sg --seeds 0 --fidelity --peers
 echo "== faster-optimisation options, seed 0 $(date)"
-run --variants pdae-is,diti-k8-sg-is --seeds 0
-run --variants diti-k8-sg-m8 --seeds 0
+run --variants pdae-is,diti-k8-sg-is --seeds 0 --fidelity --peers
+run --variants diti-k8-sg-m8 --seeds 0 --fidelity --peers
 echo "== the partition issue: shapes v1 at 32 px (every factor lost at t ~ 520-780), seed 0 first $(date)"
 v1() {
   OMP_NUM_THREADS=1 PYTHONPATH="$WT/src" "$PY" benchmarks/curves.py --precision bf16 "${SETS[@]}" --tag "$TAG-v1" \
