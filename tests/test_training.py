@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -55,6 +56,16 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, random_
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), (name, k)
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_its_log_too(tmp_path, random_dm, shapes16):
+    cfg = quick_cfg(random_dm, shapes16, "train.steps=4", "train.checkpoint_every=4", "train.log_every=2")
+    run = train_diti(cfg, tmp_path / "run")
+    for path in (run / "checkpoints").iterdir():  # as if killed after logging step 2, before the checkpoint
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    train_diti(cfg, run, resume=True)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
 
 
 def test_existing_run_needs_resume_and_same_experiment(tmp_path, random_dm, shapes16):

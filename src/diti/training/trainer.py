@@ -125,7 +125,8 @@ class Trainer:
         ``step`` counters on the CPU (where the non-fused Adam reads them every step without a device sync).
         """
         path = latest_checkpoint(self.ckpt_dir)
-        if path is None:
+        if path is None:  # killed before its first checkpoint: it starts again, and so does its log
+            _truncate_metrics(self.out / METRICS, 0)
             return False
         ckpt = load_checkpoint(path)
         self.module.load_trainable_state_dict(ckpt["model"])
