@@ -22,12 +22,12 @@ echo "== equivalence (speed issue): pdae, diti-k8-sg, seeds 0-2 $(date)"
 run --variants pdae,diti-k8-sg --seeds 0,1,2
 echo "== supervised bound and baselines, seeds 0-2 $(date)"
 run --variants supervised,pixel-pca,random-encoder --seeds 0,1,2
+echo "== objective options (give every chunk a signal): DiTi's, seed 0 $(date)"
+run --variants diti-k8-sg-unitw,diti-imb-sg-stagebal --seeds 0 --fidelity --peers
 echo "== official variants: base, imbalanced, seed 0, with fidelity and the peers' protocol at the plateau $(date)"
 run --variants diti-k8-base,diti-imb-sg --seeds 0 --fidelity --peers
-echo "== objective options (give every chunk a signal), seed 0 $(date)"
-run --variants diti-k8-sg-unitw,pdae-unitw --seeds 0 --fidelity --peers
-run --variants diti-imb-sg-stagebal --seeds 0 --fidelity --peers
-echo "== official variants: base, imbalanced, seeds 1-2 $(date)"
+echo "== PDAE's uniform weight (the control of diti-k8-sg-unitw), seed 0; base and imbalanced, seeds 1-2 $(date)"
+run --variants pdae-unitw --seeds 0 --fidelity --peers
 run --variants diti-k8-base,diti-imb-sg --seeds 1,2 --fidelity --peers
 echo "== fidelity and the peers' protocol at the plateau (retrains the runs whose folders are gone) $(date)"
 run --variants pdae,diti-k8-sg --seeds 0,1,2 --fidelity --peers
