@@ -28,6 +28,8 @@ echo "== official variants: base, imbalanced, seed 0, with fidelity and the peer
 run --variants diti-k8-base,diti-imb-sg --seeds 0 --fidelity --peers
 echo "== PDAE's uniform weight (the control of diti-k8-sg-unitw), seed 0; base and imbalanced, seeds 1-2 $(date)"
 run --variants pdae-unitw --seeds 0 --fidelity --peers
+# both DiTi options moved the fine factors' probes beyond the seeds' spread on seed 0 (RESULTS): seeds 1-2
+run --variants diti-k8-sg-unitw,diti-imb-sg-stagebal --seeds 1,2 --fidelity --peers
 run --variants diti-k8-base,diti-imb-sg --seeds 1,2 --fidelity --peers
 echo "== fidelity and the peers' protocol at the plateau (retrains the runs whose folders are gone) $(date)"
 run --variants pdae,diti-k8-sg --seeds 0,1,2 --fidelity --peers
