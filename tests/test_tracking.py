@@ -98,3 +98,15 @@ def test_a_dm_pretraining_logs_samples_from_fixed_noise(tmp_path, shapes16):
     images = events.Images("preview")
     assert [im.step for im in images] == [1, 2] and (images[0].height, images[0].width) == (16, 8 * 16)
     assert [e.step for e in events.Scalars("loss")] == [1, 2]
+
+
+def test_logging_changes_nothing_of_the_training(tmp_path, random_dm, shapes16):
+    import torch
+    from safetensors.torch import load_file
+
+    common = ("train.steps=4", "train.batch_size=8", "train.checkpoint_every=4")
+    plain = train_diti(quick_cfg(random_dm, shapes16, *common), tmp_path / "plain")
+    logged = train_diti(quick_cfg(random_dm, shapes16, *common, "train.log_with=tensorboard", "train.image_every=2",
+                                  "train.log_every=1"), tmp_path / "logged")
+    a, b = (load_file(run / "checkpoints/step-00000004/model.safetensors") for run in (plain, logged))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the previews draw no shared randomness
