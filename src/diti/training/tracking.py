@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..config.loader import ConfigError
+from ..data.images import to_uint8
 
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 LOSS_BINS = 10
@@ -68,7 +69,7 @@ def image_strip(rows: list[torch.Tensor]) -> np.ndarray:
     grid = torch.cat([torch.cat(list(row.float().cpu()), dim=2) for row in rows], dim=1)
     if grid.shape[0] == 1:
         grid = grid.expand(3, -1, -1)
-    return ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return to_uint8(grid[None])[0]
 
 
 class Tracking:
