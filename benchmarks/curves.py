@@ -65,7 +65,7 @@ from diti.evaluation.runs import (
     probe_features,
     run_features,
 )
-from diti.folders import latest_checkpoint, load_diti_run
+from diti.folders import latest_checkpoint, load_diti_run, read_run_config
 from diti.folders.results import FidelityResult
 from diti.models.diti import DiTiModel
 from diti.models.dm import load_dm, shipped_dm
@@ -228,6 +228,14 @@ def point_path(results: Path, variant: str, seed: int, step: int) -> Path:
     return results / variant / f"seed{seed}" / f"step{step:06d}.json"
 
 
+def _write_extra(path: Path, row: dict, written: list[str], started: float, threads: int | None, **ident) -> None:
+    """Stamp a last-point result (fidelity, peers' protocol) with who, when and how long, write it, note it."""
+    row.update(**ident, eval_seconds=time.perf_counter() - started, machine=_machine(threads),
+               date=date.today().isoformat())
+    _write_json(path, row)
+    written.append(str(path))
+
+
 def fidelity_path(results: Path, variant: str, seed: int) -> Path:
     return results / variant / f"seed{seed}" / "fidelity.json"
 
@@ -297,19 +305,20 @@ def run_curve(variant: str, seed: int, s: dict, data: str, dm: str, out: str, re
     last = s["points"][-1]
     fid_path, peer_path = fidelity_path(results, variant, seed), peers_path(results, variant, seed)
     wanted = (classifier is not None and not fid_path.is_file()) or (peers and not peer_path.is_file())
+    if not wanted:
+        return written
     latest = latest_checkpoint(run / "checkpoints")
-    if wanted and (latest is None or int(latest.name.removeprefix("step-")) < last):
+    if latest is None or int(latest.name.removeprefix("step-")) < last:
         train_to(last)  # the run folder is gone (or short): the same weights again, bit-identically
+    ident = dict(variant=variant, seed=seed, step=last,
+                 images=last * read_run_config(run, DiTiConfig).train.batch_size)
     if peers and not peer_path.is_file():
         model, cfg = load_diti_run(run)
         train = run_features(model, cfg, run, data, "train", progress=False)
         test = run_features(model, cfg, run, data, "test", progress=False)
         t1 = time.perf_counter()
         row = evaluate_peers(train, test, model.partition, seed, reference if model.partition.k == 1 else None)
-        row.update(variant=variant, seed=seed, step=last, images=last * cfg.train.batch_size,
-                   eval_seconds=time.perf_counter() - t1, machine=_machine(threads), date=date.today().isoformat())
-        _write_json(peer_path, row)
-        written.append(str(peer_path))
+        _write_extra(peer_path, row, written, t1, threads, **ident)
         print(f"== {variant}/seed{seed}: peers' protocol at step {last}: DCI-D {row['metrics']['dci_d']:.3f}",
               flush=True)
     if classifier is not None and not fid_path.is_file():
@@ -319,10 +328,7 @@ def run_curve(variant: str, seed: int, s: dict, data: str, dm: str, out: str, re
         row = fid.to_dict()
         if fid.group_t_ranges[0] is None:  # PDAE's dim groups: the t-ranges DiTi's partition gives the same dims
             row["reference_t_ranges"] = [_t_range_of_dims(reference, lo, hi) for lo, hi in fid.group_dim_ranges]
-        row.update(variant=variant, seed=seed, step=last, images=last * load_diti_run(run)[1].train.batch_size,
-                   eval_seconds=time.perf_counter() - t1, machine=_machine(threads), date=date.today().isoformat())
-        _write_json(fid_path, row)
-        written.append(str(fid_path))
+        _write_extra(fid_path, row, written, t1, threads, **ident)
         print(f"== {variant}/seed{seed}: fidelity at step {last}", flush=True)
     return written
 
@@ -369,10 +375,7 @@ def run_baseline(name: str, seed: int, s: dict, data: str, dm: str, results: str
         t1 = time.perf_counter()
         row = evaluate_peers((z_tr, train_set.attributes), (z_te, test_set.attributes), Partition(d, 1, 1000), seed,
                              reference)
-        row.update(variant=name, seed=seed, step=0, images=0, eval_seconds=time.perf_counter() - t1,
-                   machine=_machine(threads), date=date.today().isoformat())
-        _write_json(peer_path, row)
-        written.append(str(peer_path))
+        _write_extra(peer_path, row, written, t1, threads, variant=name, seed=seed, step=0, images=0)
     if path.is_file():
         return written
     t1 = time.perf_counter()
