@@ -47,7 +47,7 @@ from .timesteps import TimestepSampler
 from .tracking import PREVIEW_IMAGES, Preview, Tracking, check_tracker
 
 
-def make_accelerator(cfg: TrainConfig, out: Path | None = None) -> Accelerator:
+def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
     # accelerate keeps one process-wide state and refuses a second Accelerator with another mixed precision;
     # a process that runs several jobs (tests, the demo) starts each from a fresh state. The process group
     # (PartialState) is kept.
@@ -59,7 +59,7 @@ def make_accelerator(cfg: TrainConfig, out: Path | None = None) -> Accelerator:
         cpu=cfg.device == "cpu",
         mixed_precision=cfg.mixed_precision,
         log_with=cfg.log_with if tracked else None,
-        project_dir=str(Path(out) / LOGS) if tracked and out is not None else None,
+        project_dir=str(Path(out) / LOGS) if tracked else None,  # the trackers' logs: RUN/logs
         gradient_accumulation_steps=1,  # accumulation is done by hand below (explicit no_sync)
     )
 
