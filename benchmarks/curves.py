@@ -86,7 +86,12 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                                                         "objective.weighting=uniform"]),
     "diti-k8-sg-unitw": ("DiTi balanced k=8, stop_grad, uniform loss weight over t",
                          ["partition.k={k}", "partition.mode=stop_grad", "objective.weighting=uniform"]),
-    "diti-imb-sg-stagebal": ("DiTi k=8, stages at the crossings, stop_grad, equal t mass per stage", []),
+    "diti-imb-sg-stagebal": ("DiTi k=8, stages at the crossings, stop_grad, equal t mass per stage",
+                             ["objective.timestep_sampling=stage_balanced"]),
+    "diti-k8-sg-cnorm": ("DiTi balanced k=8, stop_grad, each chunk's loss normalised by its running mean",
+                         ["partition.k={k}", "partition.mode=stop_grad", "objective.loss_normalization=chunk"]),
+    "diti-imb-sg-cnorm": ("DiTi k=8, stages at the crossings, stop_grad, each chunk's loss normalised by its "
+                          "running mean", ["objective.loss_normalization=chunk"]),
     # Partition rules (diti's own, docs/method.md): dims at the crossing chunks (labels) or where a short PDAE
     # run removes loss (no labels; the PDAE run of 500 steps is trained per seed, beside the sweep's runs)
     "diti-al-sg": ("DiTi k=8, stop_grad, attribute-loss rule (dims at the DM's crossing chunks)", []),
@@ -108,6 +113,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                          ["partition.k={k}", "partition.mode=stop_grad", "objective.timestep_sampling=loss_aware",
                           "objective.draws_per_image=8", "train.batch_size=8"]),
 }
+# the variants built from the DM's attribute-loss crossings: "diti-imb-sg*" (the stages at the crossings, plus
+# their own overrides above) and "diti-al-sg" (the attribute-loss rule)
+NEEDS_CROSSINGS = tuple(v for v in VARIANTS if v.startswith("diti-imb-sg")) + ("diti-al-sg",)
 BASELINES = {"pixel-pca": "first d principal components of the train pixels",
              "random-encoder": "untrained encoder of the same architecture",
              "supervised": "the same encoder trained with the labels (one linear head per factor, cross-entropy): "
@@ -147,14 +155,13 @@ def imbalanced_overrides(attribute_loss: Path, latent_dim: int, k: int) -> list[
 
 def variant_overrides(variant: str, s: dict, attribute_loss: Path | None, latent_dim: int,
                       removed_loss: Path | None = None) -> list[str]:
-    if variant in ("diti-imb-sg", "diti-imb-sg-stagebal", "diti-al-sg"):
+    if variant in NEEDS_CROSSINGS:
         if attribute_loss is None:
             raise ValueError(f"{variant} needs the DM's attribute_loss.json (--attribute-loss)")
         if variant == "diti-al-sg":
             return [f"partition.k={s['k']}", "partition.mode=stop_grad", "partition.rule=attribute_loss",
                     f"partition.rule_source={json.dumps(str(attribute_loss))}"]
-        extra = ["objective.timestep_sampling=stage_balanced"] if variant == "diti-imb-sg-stagebal" else []
-        return imbalanced_overrides(attribute_loss, latent_dim, s["k"]) + extra
+        return imbalanced_overrides(attribute_loss, latent_dim, s["k"]) + VARIANTS[variant][1]
     if variant == "diti-rl-sg":
         if removed_loss is None:
             raise ValueError("diti-rl-sg needs a removed-loss curve (removed_loss_source)")
@@ -757,7 +764,7 @@ def main(argv=None) -> dict:
             p.error("the shipped DM dm-shapes2-16 is missing; pass --dm")
         attribute_loss = attribute_loss or (str(dm / "attribute_loss.json") if (dm / "attribute_loss.json").is_file()
                                             else None)
-    needs_crossings = ("diti-imb-sg", "diti-imb-sg-stagebal", "diti-al-sg")
+    needs_crossings = NEEDS_CROSSINGS
     if any(v in variants for v in needs_crossings) and attribute_loss is None:
         if args.quick:
             variants = [v for v in variants if v not in needs_crossings]  # the quick DM has no measured crossings

@@ -26,11 +26,15 @@ echo "== objective options (give every chunk a signal): DiTi's, seed 0 $(date)"
 run --variants diti-k8-sg-unitw,diti-imb-sg-stagebal --seeds 0 --fidelity --peers
 echo "== official variants: base, imbalanced, seed 0, with fidelity and the peers' protocol at the plateau $(date)"
 run --variants diti-k8-base,diti-imb-sg --seeds 0 --fidelity --peers
-echo "== PDAE's uniform weight (the control of diti-k8-sg-unitw), seed 0; base and imbalanced, seeds 1-2 $(date)"
+echo "== the issue's extra option (each chunk's loss normalised by its running mean), seed 0 $(date)"
+# uniform weight and stage-balanced t moved the fine factors beyond the seeds' spread but far from the bound
+run --variants diti-k8-sg-cnorm,diti-imb-sg-cnorm --seeds 0 --fidelity --peers
+echo "== base and imbalanced, seeds 1-2 $(date)"
+run --variants diti-k8-base,diti-imb-sg --seeds 1,2 --fidelity --peers
+echo "== PDAE's uniform weight (the control of diti-k8-sg-unitw), seed 0; the options' seeds 1-2 $(date)"
 run --variants pdae-unitw --seeds 0 --fidelity --peers
 # both DiTi options moved the fine factors' probes beyond the seeds' spread on seed 0 (RESULTS): seeds 1-2
 run --variants diti-k8-sg-unitw,diti-imb-sg-stagebal --seeds 1,2 --fidelity --peers
-run --variants diti-k8-base,diti-imb-sg --seeds 1,2 --fidelity --peers
 echo "== fidelity and the peers' protocol at the plateau (retrains the runs whose folders are gone) $(date)"
 run --variants pdae,diti-k8-sg --seeds 0,1,2 --fidelity --peers
 run --variants supervised,pixel-pca,random-encoder --seeds 0,1,2 --peers

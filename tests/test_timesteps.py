@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from conftest import quick_cfg
 from diti.partition import Partition
 from diti.training.jobs import train_diti
-from diti.training.timesteps import LossAwareSampler, TimestepSampler, build_sampler
+from diti.training.timesteps import ChunkNormalizedSampler, LossAwareSampler, TimestepSampler, build_sampler
 
 T = 1000
 
@@ -94,6 +94,58 @@ def test_sampler_state_round_trip_and_mismatch():
         LossAwareSampler(T, "loss", history=4, uniform_mix=0.1).load_state_dict(state)
 
 
+def test_chunk_normalisation_on_a_hand_computed_case():
+    """T = 4, two chunks {0, 1} and {2, 3}, decay 0.5: the running means, the weights, their mean."""
+    part = Partition(4, 2, 4)
+    s = build_sampler("uniform", part, normalization="chunk", decay=0.5)
+    assert isinstance(s, ChunkNormalizedSampler) and part.chunk_of_t == [0, 0, 1, 1]
+    t = torch.tensor([0, 3, 1, 2])
+    assert torch.equal(s.draw(2, 2, 0, 0)[1], torch.ones(4))  # no mean yet: the base objective
+    # step 1, chunk 0 only: s / n = (0.6, 0) / 2, ema (0.15, 0), debias 0.5, m = ema / (0.5 q) = (0.6, 0):
+    # chunk 1 has no mean, so every weight stays 1
+    s.update(torch.tensor([0, 1]), torch.tensor([0.2, 0.4]))
+    assert torch.allclose(s.means(), torch.tensor([0.6, 0.0], dtype=torch.float64))
+    assert torch.equal(s._normalise(t, None)[1], torch.ones(4))
+    # step 2: s / n = (0.6, 6) / 4, ema (0.15, 0.75), debias 0.75, m = ema / 0.375 = (0.4, 2)
+    s.update(torch.tensor([2, 3, 0, 1]), torch.tensor([2.0, 4.0, 0.2, 0.4]))
+    assert torch.allclose(s.means(), torch.tensor([0.4, 2.0], dtype=torch.float64))
+    # w_c = (1 / m_c) / Z, Z = 0.5 * 2.5 + 0.5 * 0.5 = 1.5: w = (5/3, 1/3), mean weight over uniform t 1
+    assert torch.allclose(s.chunk_weights(), torch.tensor([5 / 3, 1 / 3], dtype=torch.float64))
+    assert torch.allclose(s._normalise(t, None)[1], torch.tensor([5 / 3, 1 / 3, 5 / 3, 1 / 3]))
+    # a stage-balanced base puts its own mass into q: p = (1/2, 1/6, 1/6, 1/6), q = (2/3, 1/3);
+    # s / n = (1, 4) / 2, ema (0.25, 1), m = ema / (0.5 q) = (0.75, 6), Z = 8/9 + 1/18 = 17/18
+    imb = Partition(4, 2, 4, stages=(1, 4), dims_per_stage=(2, 2))
+    s = build_sampler("stage_balanced", imb, normalization="chunk", decay=0.5)
+    s.update(torch.tensor([0, 2]), torch.tensor([1.0, 4.0]))
+    assert torch.allclose(s.chunk_weights(), torch.tensor([24 / 17, 3 / 17], dtype=torch.float64))
+    assert build_sampler("uniform", part, normalization="none").__class__ is not ChunkNormalizedSampler
+    with pytest.raises(ValueError, match="decay"):
+        build_sampler("uniform", part, normalization="chunk", decay=1.0)
+    with pytest.raises(ValueError, match="normalization"):
+        build_sampler("uniform", part, normalization="stage")
+
+
+def test_chunk_normalisation_evens_the_chunks_shares_of_the_objective():
+    """With l(t) far smaller in early chunks, each chunk's share of the weighted loss becomes its t mass, under
+    uniform t and under importance sampling (whose draws follow the loss inside a chunk)."""
+    table = torch.as_tensor(loss_table()) * torch.linspace(0.001, 1, T, dtype=torch.float64)
+    part = Partition(16, 8, T)
+    chunk = torch.as_tensor(part.chunk_of_t)
+    truth = torch.zeros(8, dtype=torch.float64).index_add_(0, chunk, table) / 125
+    assert truth[0] / truth.sum() < 0.01  # unnormalised, the first chunk's share is tiny
+    for kind in ("uniform", "loss_aware"):
+        sampler = build_sampler(kind, part, history=2, normalization="chunk", decay=0.99)
+        for step in range(600):
+            t, _ = sampler.draw(64, 1, 0, step)
+            sampler.update(t, table[t].float())
+        assert torch.allclose(sampler.means() / truth, torch.ones(8, dtype=torch.float64), atol=0.15), kind
+        share = torch.zeros(8, dtype=torch.float64)
+        for step in range(600, 700):
+            t, w = sampler.draw(256, 1, 0, step)
+            share += torch.zeros(8, dtype=torch.float64).index_add_(0, chunk[t], w.double() * table[t])
+        assert torch.allclose(share / share.sum(), torch.full((8,), 1 / 8, dtype=torch.float64), atol=0.02), kind
+
+
 @pytest.fixture
 def dm50(tmp_path):
     """A random 16 px DM on a 50-step schedule: the loss-aware sampler warms up within a few steps."""
@@ -106,13 +158,17 @@ def dm50(tmp_path):
 
 
 @pytest.mark.parametrize("options", [("objective.timestep_sampling=loss_aware",),
-                                     ("objective.timestep_sampling=loss_removed", "objective.draws_per_image=2")])
+                                     ("objective.timestep_sampling=loss_removed", "objective.draws_per_image=2",
+                                      "objective.loss_normalization=chunk")])
 def test_killed_and_resumed_run_is_bit_identical_with_the_sampler_state(tmp_path, dm50, shapes16, options):
     common = ("diffusion.timesteps=50", "objective.importance_history=1", "train.checkpoint_every=8", *options)
     full = train_diti(quick_cfg(dm50, shapes16, "train.steps=16", *common), tmp_path / "full")
     part = train_diti(quick_cfg(dm50, shapes16, "train.steps=8", *common), tmp_path / "part")
     state = json.loads((part / "checkpoints/step-00000008/state.json").read_text())["t_sampler"]
     draws = 2 if "objective.draws_per_image=2" in options else 1
+    if "objective.loss_normalization=chunk" in options:  # the running means of every chunk, then the base's state
+        assert len(state["ema"]) == 4 and 0 < state["debias"] < 1
+        state = state["base"]
     assert sum(state["count"]) == 8 * 16 * draws
     train_diti(quick_cfg(dm50, shapes16, "train.steps=16", *common), part, resume=True)
     for name in ("model", "ema", "optimizer"):
@@ -124,7 +180,7 @@ def test_killed_and_resumed_run_is_bit_identical_with_the_sampler_state(tmp_path
     b = json.loads((part / "checkpoints/step-00000016/state.json").read_text())["t_sampler"]
     assert a == b
     # the sampler warmed up during the run: every t was seen, so the second half sampled non-uniformly
-    assert min(a["count"]) >= 1
+    assert min(a.get("base", a)["count"]) >= 1
 
 
 def test_several_draws_per_image_encode_once_and_keep_the_loss_scale(random_dm):

@@ -68,6 +68,11 @@ class ObjectiveConfig:
     of the loss, or of the loss the decoder removes, each sample weighted by 1 / (T p(t)); uniform until
     every t has ``importance_history`` losses, then mixed with ``importance_uniform`` of the uniform
     distribution) and ``draws_per_image: m`` (m stratified (t, eps) draws per image, the encoder run once).
+
+    ``loss_normalization: chunk`` (a departure): each draw's loss is also divided by the running mean of the
+    loss in its t's chunk (an exponential mean with ``normalization_decay`` per step), so every chunk's share
+    of the objective has a comparable scale however small c(t) and lambda(t) make its loss
+    (training/timesteps.py, ``ChunkNormalizedSampler``). It combines with every sampling above.
     """
 
     weighting: Literal["official", "uniform"] = "official"
@@ -75,6 +80,8 @@ class ObjectiveConfig:
     draws_per_image: int = 1
     importance_history: int = 10
     importance_uniform: float = 0.1
+    loss_normalization: Literal["none", "chunk"] = "none"
+    normalization_decay: float = 0.99
 
 
 @dataclass
@@ -244,6 +251,8 @@ class DiTiConfig:
         if obj.importance_history < 1 or not 0 < obj.importance_uniform <= 1:
             raise ConfigError(f"objective.importance_history must be >= 1 and importance_uniform in (0, 1], got "
                               f"{obj.importance_history} and {obj.importance_uniform}")
+        if not 0 < obj.normalization_decay < 1:
+            raise ConfigError(f"objective.normalization_decay must be in (0, 1), got {obj.normalization_decay}")
 
 
 @dataclass

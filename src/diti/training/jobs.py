@@ -150,7 +150,7 @@ def train_diti(cfg: DiTiConfig, out: str | Path, resume: bool = False) -> Path:
     model = DiTiModel.from_config(cfg, dm, schedule)
     obj = cfg.objective
     sampler = build_sampler(obj.timestep_sampling, model.partition, obj.importance_history, obj.importance_uniform,
-                            obj.draws_per_image)
+                            obj.draws_per_image, obj.loss_normalization, obj.normalization_decay)
     trainer = Trainer(model, dataset, cfg.train, cfg.data, sampler, out)
     if trainer.acc.is_main_process:
         write_run_files(out, "diti", cfg)

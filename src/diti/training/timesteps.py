@@ -279,20 +279,128 @@ class LossAwareSampler(TimestepSampler):
         self.count = torch.tensor(state["count"], dtype=torch.int64, device=device)
 
 
+class ChunkNormalizedSampler:
+    """A sampler whose draws' weights are also divided by the running mean of the loss in their t's chunk: each
+    chunk's expected loss is normalised to about 1, so every chunk learns at a comparable scale (a departure from
+    the paper, ``objective.loss_normalization: chunk``; docs/method.md, "Giving every chunk a signal").
+
+    ``base``: the sampler that draws t (any of this module's); its weights are kept and multiplied.
+    ``chunk_of_t`` (T,): the chunk of every t. q_c is the mass of chunk c under the distribution whose mean the
+    base objective is (uniform for an importance sampler, its p otherwise). m_c, the chunk's mean loss under
+    it, is an exponential running mean over steps (``decay`` per step, bias corrected as Adam's moments) of
+    s_c / (n q_c), s_c the sum of those of the step's n per-sample losses (``update``: unweighted, or under an
+    importance sampler weighted by 1 / (T p(t))) whose t lies in chunk c: an unbiased estimate at every step,
+    also when a chunk has no draw. The weight of a draw at t in chunk c is w_c = (1 / m_c) / Z,
+    Z = sum_c q_c / m_c: the expected weight is 1 and each chunk's share of the objective is about q_c. Until
+    every chunk has a positive mean, every weight is 1 (the base objective). A step's weights use the means
+    before its losses. Everything runs on the sampler's device; the means go into the checkpoint (exact
+    float64), so a resumed run is bit-identical.
+    """
+
+    def __init__(self, base: TimestepSampler, chunk_of_t, decay: float = 0.99):
+        if not 0 < decay < 1:
+            raise ValueError(f"the normalisation's decay must be in (0, 1), got {decay}")
+        self.base, self.decay = base, float(decay)
+        self.timesteps, self.draws = base.timesteps, base.draws
+        self.uses_baseline = base.uses_baseline
+        self._chunk = torch.as_tensor(chunk_of_t, dtype=torch.int64)
+        if self._chunk.shape != (self.timesteps,) or (self._chunk < 0).any():
+            raise ValueError(f"chunk_of_t must give a chunk >= 0 for each of the {self.timesteps} time-steps")
+        self.chunks = int(self._chunk.max()) + 1
+        self.ema = torch.zeros(self.chunks, dtype=torch.float64)  # running mean of s_c / n
+        self.debias = torch.zeros((), dtype=torch.float64)  # 1 - decay^n, n the updates so far
+
+    @property
+    def device(self) -> torch.device:
+        return self.ema.device
+
+    def to(self, device: torch.device | str) -> ChunkNormalizedSampler:
+        self.base.to(device)
+        self._chunk, self.ema, self.debias = (x.to(device) for x in (self._chunk, self.ema, self.debias))
+        return self
+
+    def loader_draws(self) -> LoaderDraws:
+        return self.base.loader_draws()
+
+    def probs(self) -> torch.Tensor:
+        return self.base.probs()
+
+    def mass(self) -> torch.Tensor:
+        """q_c (chunks,) float64: each chunk's mass under the base objective's target distribution."""
+        target = (torch.full((self.timesteps,), 1.0 / self.timesteps, dtype=torch.float64, device=self.device)
+                  if self.base.reweight else self.base.probs())
+        return torch.zeros(self.chunks, dtype=torch.float64, device=self.device).index_add_(0, self._chunk, target)
+
+    def means(self) -> torch.Tensor:
+        """m_c (chunks,) float64; 0 before the first update and for a chunk of mass 0."""
+        scale = self.debias * self.mass()
+        ok = scale > 0
+        return torch.where(ok, self.ema / torch.where(ok, scale, torch.ones_like(scale)), torch.zeros_like(scale))
+
+    def chunk_weights(self) -> torch.Tensor:
+        """w_c (chunks,) float64 (all 1 until every chunk of positive mass has a positive mean)."""
+        mass, m = self.mass(), self.means()
+        ready = ((m > 0) | (mass == 0)).all()
+        inverse = torch.where(m > 0, 1.0 / torch.where(m > 0, m, torch.ones_like(m)), torch.zeros_like(m))
+        w = inverse / torch.where(ready, (mass * inverse).sum(), torch.ones(()).to(m))
+        return torch.where(ready, w, torch.ones_like(w))
+
+    def _normalise(self, t: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.chunk_weights()[self._chunk[t]].float()
+        return t, w if weights is None else weights * w
+
+    def timesteps_of(self, batch: dict[str, torch.Tensor], device: torch.device
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._normalise(*self.base.timesteps_of(batch, device))
+
+    def draw(self, batch: int, draws: int, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._normalise(*self.base.draw(batch, draws, seed, step))
+
+    def update(self, t: torch.Tensor, loss: torch.Tensor, baseline: torch.Tensor | None = None) -> None:
+        t = t.to(self.device)
+        # an importance sampler's draws are weighted by 1 / (T p(t)), p the one they were drawn from (before the
+        # base's update), so that s_c / n estimates q_c times the chunk's mean under the uniform target
+        p = self.base.probs()
+        w = 1.0 / (self.timesteps * p[t]) if self.base.reweight else torch.ones_like(p[t])
+        self.base.update(t, loss, baseline)
+        share = torch.zeros_like(self.ema).index_add_(0, self._chunk[t], w * loss.to(self.device, torch.float64))
+        self.ema = self.decay * self.ema + (1 - self.decay) * share / len(t)
+        self.debias = self.decay * self.debias + (1 - self.decay)
+
+    def state_dict(self) -> dict:
+        return {"base": self.base.state_dict(), "decay": self.decay,
+                "ema": self.ema.cpu().tolist(), "debias": float(self.debias)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        if state["decay"] != self.decay or len(state["ema"]) != self.chunks:
+            raise ValueError(f"the checkpoint's normalisation has decay {state['decay']} over {len(state['ema'])} "
+                             f"chunks, the config {self.decay} over {self.chunks}")
+        self.base.load_state_dict(state["base"])
+        self.ema = torch.tensor(state["ema"], dtype=torch.float64, device=self.device)
+        self.debias = torch.tensor(state["debias"], dtype=torch.float64, device=self.device)
+
+
 # objective.timestep_sampling -> the statistic of an importance sampler; any other name is a fixed distribution
 # of the partition (Partition.timestep_probs: uniform, stage_balanced, chunk_balanced)
 IMPORTANCE = {"loss_aware": "loss", "loss_removed": "removed"}
 
 
-def build_sampler(kind: str, partition, history: int = 10, uniform_mix: float = 0.1, draws: int = 1
-                  ) -> TimestepSampler:
+def build_sampler(kind: str, partition, history: int = 10, uniform_mix: float = 0.1, draws: int = 1,
+                  normalization: str = "none", decay: float = 0.99) -> TimestepSampler | ChunkNormalizedSampler:
     """The sampler of ``objective.timestep_sampling`` = ``kind`` with ``draws`` (t, eps) draws per image.
 
     Importance sampling (``IMPORTANCE``) keeps ``history`` losses of every t and a ``uniform_mix`` floor; a
-    fixed distribution is drawn by the loader with one draw per image, stratified with several."""
+    fixed distribution is drawn by the loader with one draw per image, stratified with several.
+    ``normalization`` (``objective.loss_normalization``): ``chunk`` wraps it in ``ChunkNormalizedSampler``
+    (running means with ``decay``); ``none`` keeps it."""
+    if normalization not in ("none", "chunk"):
+        raise ValueError(f"unknown loss normalization {normalization!r}; expected 'none' or 'chunk'")
     if kind in IMPORTANCE:
-        return LossAwareSampler(partition.timesteps, IMPORTANCE[kind], history, uniform_mix, draws)
-    probs = partition.timestep_probs(kind)
-    if draws > 1:
-        return TimestepSampler(probs, reweight=False, draws=draws)
-    return IndependentSampler(partition.timesteps, None if kind == "uniform" else probs)
+        sampler = LossAwareSampler(partition.timesteps, IMPORTANCE[kind], history, uniform_mix, draws)
+    elif draws > 1:
+        sampler = TimestepSampler(partition.timestep_probs(kind), reweight=False, draws=draws)
+    else:
+        sampler = IndependentSampler(partition.timesteps, None if kind == "uniform" else partition.timestep_probs(kind))
+    return ChunkNormalizedSampler(sampler, partition.chunk_of_t, decay) if normalization == "chunk" else sampler
