@@ -45,6 +45,31 @@ def test_tensorboard_gets_the_scalars_of_metrics_jsonl_the_loss_per_t_and_the_re
     assert any(t.startswith("train.") for t in _hparams(run / "logs"))
 
 
+def test_the_preview_is_left_out_of_img_per_s(tmp_path, random_dm, shapes16, monkeypatch):
+    """A preview that takes 1000 s (a fake clock) leaves the throughput of its log window unchanged."""
+    import time
+    import types
+
+    import diti.training.trainer as trainer
+    from diti.training.tracking import Tracking
+
+    clock = {"offset": 0.0}
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + clock["offset"]))
+    image = Tracking.image
+
+    def slow_image(self, module, step):
+        image(self, module, step)
+        clock["offset"] += 1000.0
+
+    monkeypatch.setattr(Tracking, "image", slow_image)
+    run = train_diti(quick_cfg(random_dm, shapes16, "train.steps=6", "train.log_every=2", "train.batch_size=8",
+                               "train.log_with=tensorboard", "train.image_every=4"), tmp_path / "run")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert clock["offset"] == 2000.0 and [r["step"] for r in rows] == [2, 4, 6]
+    # with the preview inside, the windows of steps 4 and 6 would show at most 16 / 1000 images per second
+    assert min(r["img_per_s"] for r in rows) > 0.5, rows
+
+
 def _hparams(logdir):
     import yaml
 

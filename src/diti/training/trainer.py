@@ -185,7 +185,7 @@ class Trainer:
         tracking = self._tracking(config or {}, preview) if cfg.log_with != "none" and acc.is_main_process else None
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not (cfg.progress and acc.is_main_process),
                    dynamic_ncols=True)
-        window_start, window_first = time.perf_counter(), self.step
+        window_start, window_first, paused = time.perf_counter(), self.step, 0.0
         model.train()
         try:
             while self.step < cfg.steps:
@@ -196,13 +196,17 @@ class Trainer:
                 log = self.step % cfg.log_every == 0 or last
                 save = self.step % cfg.checkpoint_every == 0 or last
                 if tracking is not None and tracking.wants_image(self.step, last):
+                    # the preview's time is left out of the window's img_per_s: wait for the queued steps first
+                    self._read_back()
+                    start = time.perf_counter()
                     tracking.image(self.module, self.step)
+                    paused += time.perf_counter() - start
                 if not (log or save):
                     continue
                 window_loss = self._read_back()  # the one host synchronisation; raises on a bad step
                 bar.set_postfix(loss=f"{window_loss:.4g}")
                 if log and acc.is_main_process:
-                    elapsed, n = time.perf_counter() - window_start, self.step - window_first
+                    elapsed, n = time.perf_counter() - window_start - paused, self.step - window_first
                     row = {"step": self.step, "images": self.step * cfg.batch_size, "loss": window_loss,
                            "lr": cfg.lr, "img_per_s": n * cfg.batch_size / max(elapsed, 1e-9)}
                     self._log(row)
@@ -211,7 +215,7 @@ class Trainer:
                 if log:
                     self._window_sum.zero_()
                     self._window_n = 0
-                    window_start, window_first = time.perf_counter(), self.step
+                    window_start, window_first, paused = time.perf_counter(), self.step, 0.0
                 if save:
                     acc.wait_for_everyone()
                     if acc.is_main_process:
