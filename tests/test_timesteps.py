@@ -146,6 +146,21 @@ def test_chunk_normalisation_evens_the_chunks_shares_of_the_objective():
         assert torch.allclose(share / share.sum(), torch.full((8,), 1 / 8, dtype=torch.float64), atol=0.02), kind
 
 
+def test_the_report_names_the_objective_options(tmp_path, random_dm, shapes16):
+    from diti.config.schema import ObjectiveConfig
+    from diti.evaluation.report import write_report
+
+    assert ObjectiveConfig().summary() == "official"
+    assert ObjectiveConfig(timestep_sampling="loss_aware", draws_per_image=4).summary() == (
+        "t by importance (loss_aware), 4 draws per image")
+    run = train_diti(quick_cfg(random_dm, shapes16, "train.steps=2", "objective.weighting=uniform",
+                               "objective.timestep_sampling=stage_balanced", "objective.loss_normalization=chunk"),
+                     tmp_path / "run")
+    page = write_report([run], tmp_path / "r.html").read_text()
+    assert ("loss weight uniform (departure), t stage-balanced (departure), loss normalised per chunk (decay 0.99, "
+            "departure)") in page
+
+
 @pytest.fixture
 def dm50(tmp_path):
     """A random 16 px DM on a 50-step schedule: the loss-aware sampler warms up within a few steps."""

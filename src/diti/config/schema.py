@@ -83,6 +83,21 @@ class ObjectiveConfig:
     loss_normalization: Literal["none", "chunk"] = "none"
     normalization_decay: float = 0.99
 
+    def summary(self) -> str:
+        """One line for reports: ``official``, or the options that differ from the official objective."""
+        parts = []
+        if self.weighting != "official":
+            parts.append(f"loss weight {self.weighting} (departure)")
+        if self.timestep_sampling in ("stage_balanced", "chunk_balanced"):
+            parts.append(f"t {self.timestep_sampling.replace('_', '-')} (departure)")
+        elif self.timestep_sampling != "uniform":
+            parts.append(f"t by importance ({self.timestep_sampling})")
+        if self.draws_per_image > 1:
+            parts.append(f"{self.draws_per_image} draws per image")
+        if self.loss_normalization != "none":
+            parts.append(f"loss normalised per {self.loss_normalization} (decay {self.normalization_decay}, departure)")
+        return ", ".join(parts) or "official"
+
 
 @dataclass
 class EncoderConfig:

@@ -100,6 +100,7 @@ def overview(infos: Sequence[RunInfo]) -> str:
         ("partition mode", lambda i: cfg(i, lambda c: c.partition.mode)),
         ("partition rule", lambda i: cfg(i, lambda c: c.partition.rule + (
             f" ({Path(c.partition.rule_source).name})" if c.partition.rule_source else ""))),
+        ("objective", lambda i: cfg(i, lambda c: c.objective.summary())),
         ("decoder init", lambda i: cfg(i, lambda c: c.decoder.init)),
         ("encoder init", lambda i: cfg(i, lambda c: c.encoder.init)),
         ("steps (config)", lambda i: cfg(i, lambda c: c.train.steps)),
