@@ -16,7 +16,7 @@ from accelerate.state import AcceleratorState
 from conftest import quick_cfg
 from diti.training import trainer as trainer_module
 from diti.training.jobs import train_diti
-from diti.training.timesteps import LossAwareSampler
+from diti.training.timesteps import ChunkNormalizedSampler, LossAwareSampler
 from diti.training.trainer import Trainer
 
 META = torch.device("meta")
@@ -67,7 +67,8 @@ def _states_on_meta(trainer: Trainer) -> None:
     ["objective.timestep_sampling=loss_aware", "objective.importance_history=1"],
     ["objective.timestep_sampling=loss_removed", "objective.draws_per_image=2"],
     ["objective.timestep_sampling=chunk_balanced", "objective.draws_per_image=2", "train.grad_accum_steps=2"],
-], ids=["uniform", "loss-aware", "removed-m2", "chunk-balanced-m2-accum"])
+    ["objective.timestep_sampling=loss_aware", "objective.importance_history=1", "objective.loss_normalization=chunk"],
+], ids=["uniform", "loss-aware", "removed-m2", "chunk-balanced-m2-accum", "loss-aware-chunk-norm"])
 def test_training_steps_run_on_the_modules_device_and_read_nothing_back(tmp_path, random_dm, shapes16, on_meta,
                                                                         options):
     train_diti(quick_cfg(random_dm, shapes16, "train.steps=3", "train.log_every=100", *options), tmp_path / "run")
@@ -76,6 +77,10 @@ def test_training_steps_run_on_the_modules_device_and_read_nothing_back(tmp_path
     _states_on_meta(trainer)
     if trainer.t_sampler is not None:
         assert trainer.t_sampler.probs().device == META
+        if isinstance(trainer.t_sampler, ChunkNormalizedSampler):
+            assert trainer.t_sampler.ema.device == META and trainer.t_sampler.debias.device == META
+            assert isinstance(trainer.t_sampler.base, LossAwareSampler)
+            assert trainer.t_sampler.base.count.device == META
         if isinstance(trainer.t_sampler, LossAwareSampler):
             assert trainer.t_sampler.count.device == META
 
