@@ -73,6 +73,9 @@ for _name in BENCH64_FACTORS:
 # Training length is the official max_images / global batch 128. Defaults of schema.py already hold the rest
 # of the recipe (d=512, k=64, stages 50..1000 with dims 10,25,327,100,50, Adam 1e-4, EMA 0.9999); the official
 # configs leave pdae_mode unset, which means "base", except diti64_stopgrad.
+# Partition rule: `given` with the official hand-set stages (to reproduce the official runs; FFHQ and Bedroom
+# have no labels for the attribute-loss rule). The label-free removed-loss rule is an override, not the default,
+# until a benchmark shows it wins (README, "Which partition rule the presets use, and why").
 # Learning rate: the official DiTi trainer multiplies the configs' lr 1e-4 by the per-GPU batch / 32 (4e-4 on
 # 1 GPU, 2e-4 on 2, 1e-4 on 4 at global batch 128); the PDAE trainer uses pdae.yml's 2e-4 as written (its
 # comment: "1e-4, bs32/gpu -> 2e-4, bs64/gpu", the README's 2-GPU run). The presets keep 1e-4 whatever the GPU
