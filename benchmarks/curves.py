@@ -764,12 +764,11 @@ def main(argv=None) -> dict:
             p.error("the shipped DM dm-shapes2-16 is missing; pass --dm")
         attribute_loss = attribute_loss or (str(dm / "attribute_loss.json") if (dm / "attribute_loss.json").is_file()
                                             else None)
-    needs_crossings = NEEDS_CROSSINGS
-    if any(v in variants for v in needs_crossings) and attribute_loss is None:
+    if any(v in variants for v in NEEDS_CROSSINGS) and attribute_loss is None:
         if args.quick:
-            variants = [v for v in variants if v not in needs_crossings]  # the quick DM has no measured crossings
+            variants = [v for v in variants if v not in NEEDS_CROSSINGS]  # the quick DM has no measured crossings
         else:
-            p.error(f"{', '.join(v for v in variants if v in needs_crossings)} need --attribute-loss")
+            p.error(f"{', '.join(v for v in variants if v in NEEDS_CROSSINGS)} need --attribute-loss")
 
     threads = 1 if args.jobs > 1 else None
     classifier = None

@@ -307,6 +307,11 @@ class ChunkNormalizedSampler:
         if self._chunk.shape != (self.timesteps,) or (self._chunk < 0).any():
             raise ValueError(f"chunk_of_t must give a chunk >= 0 for each of the {self.timesteps} time-steps")
         self.chunks = int(self._chunk.max()) + 1
+        # q_c: each chunk's mass under the base objective's target distribution (uniform for an importance
+        # sampler, its fixed p otherwise); constant, as every sampler that does not reweight has a fixed p
+        target = torch.full((self.timesteps,), 1.0 / self.timesteps, dtype=torch.float64) if base.reweight \
+            else base.probs().cpu()
+        self.mass = torch.zeros(self.chunks, dtype=torch.float64).index_add_(0, self._chunk, target)
         self.ema = torch.zeros(self.chunks, dtype=torch.float64)  # running mean of s_c / n
         self.debias = torch.zeros((), dtype=torch.float64)  # 1 - decay^n, n the updates so far
 
@@ -316,7 +321,8 @@ class ChunkNormalizedSampler:
 
     def to(self, device: torch.device | str) -> ChunkNormalizedSampler:
         self.base.to(device)
-        self._chunk, self.ema, self.debias = (x.to(device) for x in (self._chunk, self.ema, self.debias))
+        self._chunk, self.mass, self.ema, self.debias = (x.to(device) for x in
+                                                         (self._chunk, self.mass, self.ema, self.debias))
         return self
 
     def loader_draws(self) -> LoaderDraws:
@@ -325,24 +331,18 @@ class ChunkNormalizedSampler:
     def probs(self) -> torch.Tensor:
         return self.base.probs()
 
-    def mass(self) -> torch.Tensor:
-        """q_c (chunks,) float64: each chunk's mass under the base objective's target distribution."""
-        target = (torch.full((self.timesteps,), 1.0 / self.timesteps, dtype=torch.float64, device=self.device)
-                  if self.base.reweight else self.base.probs())
-        return torch.zeros(self.chunks, dtype=torch.float64, device=self.device).index_add_(0, self._chunk, target)
-
     def means(self) -> torch.Tensor:
         """m_c (chunks,) float64; 0 before the first update and for a chunk of mass 0."""
-        scale = self.debias * self.mass()
+        scale = self.debias * self.mass
         ok = scale > 0
         return torch.where(ok, self.ema / torch.where(ok, scale, torch.ones_like(scale)), torch.zeros_like(scale))
 
     def chunk_weights(self) -> torch.Tensor:
         """w_c (chunks,) float64 (all 1 until every chunk of positive mass has a positive mean)."""
-        mass, m = self.mass(), self.means()
-        ready = ((m > 0) | (mass == 0)).all()
+        m = self.means()
+        ready = ((m > 0) | (self.mass == 0)).all()
         inverse = torch.where(m > 0, 1.0 / torch.where(m > 0, m, torch.ones_like(m)), torch.zeros_like(m))
-        w = inverse / torch.where(ready, (mass * inverse).sum(), torch.ones(()).to(m))
+        w = inverse / (self.mass * inverse).sum()  # 0 / 0 before the first update: replaced by 1 below
         return torch.where(ready, w, torch.ones_like(w))
 
     def _normalise(self, t: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -360,8 +360,8 @@ class ChunkNormalizedSampler:
         t = t.to(self.device)
         # an importance sampler's draws are weighted by 1 / (T p(t)), p the one they were drawn from (before the
         # base's update), so that s_c / n estimates q_c times the chunk's mean under the uniform target
-        p = self.base.probs()
-        w = 1.0 / (self.timesteps * p[t]) if self.base.reweight else torch.ones_like(p[t])
+        w = (1.0 / (self.timesteps * self.base.probs()[t]) if self.base.reweight
+             else torch.ones(len(t), dtype=torch.float64, device=self.device))
         self.base.update(t, loss, baseline)
         share = torch.zeros_like(self.ema).index_add_(0, self._chunk[t], w * loss.to(self.device, torch.float64))
         self.ema = self.decay * self.ema + (1 - self.decay) * share / len(t)
@@ -387,8 +387,12 @@ class ChunkNormalizedSampler:
 IMPORTANCE = {"loss_aware": "loss", "loss_removed": "removed"}
 
 
+# what a training run's t comes from (``build_sampler``)
+Sampler = TimestepSampler | ChunkNormalizedSampler
+
+
 def build_sampler(kind: str, partition, history: int = 10, uniform_mix: float = 0.1, draws: int = 1,
-                  normalization: str = "none", decay: float = 0.99) -> TimestepSampler | ChunkNormalizedSampler:
+                  normalization: str = "none", decay: float = 0.99) -> Sampler:
     """The sampler of ``objective.timestep_sampling`` = ``kind`` with ``draws`` (t, eps) draws per image.
 
     Importance sampling (``IMPORTANCE``) keeps ``history`` losses of every t and a ``uniform_mix`` floor; a

@@ -43,7 +43,7 @@ from ..folders.layout import CHECKPOINTS, LOGS, LOSS_PER_T, METRICS
 from .ema import EMA
 from .loader import StepBatches, StepBatchSampler, default_num_workers, step_loader
 from .randomness import seed_step
-from .timesteps import ChunkNormalizedSampler, TimestepSampler
+from .timesteps import Sampler
 from .tracking import PREVIEW_IMAGES, Preview, Tracking, check_tracker
 
 
@@ -77,7 +77,7 @@ class Trainer:
         dataset: torch.utils.data.Dataset,
         train: TrainConfig,
         data: DataConfig,
-        sampler: TimestepSampler | ChunkNormalizedSampler,
+        sampler: Sampler,
         out: Path,
         accelerator: Accelerator | None = None,
     ):
