@@ -34,15 +34,18 @@ run --variants diti-k8-base,diti-imb-sg --seeds 1,2 --fidelity --peers
 echo "== PDAE's uniform weight (the control of diti-k8-sg-unitw), seed 0; the options' seeds 1-2 $(date)"
 run --variants pdae-unitw --seeds 0 --fidelity --peers
 # both DiTi options moved the fine factors' probes beyond the seeds' spread on seed 0 (RESULTS): seeds 1-2
-run --variants diti-k8-sg-unitw,diti-imb-sg-stagebal --seeds 1,2 --fidelity --peers
+run --variants diti-k8-sg-unitw,diti-imb-sg-stagebal --seeds 1 --fidelity --peers
+echo "== partition rules, seed 0 (the partition issue's first point, beside the whole-claim sweep) $(date)"
+run --variants diti-al-sg,diti-rl-sg --seeds 0 --fidelity --peers
+run --variants diti-k8-sg-unitw,diti-imb-sg-stagebal --seeds 2 --fidelity --peers
 # the chunk normalisation on the balanced partition moved DCI-D, MIG and FactorVAE beyond diti-k8-sg's spread on
 # seed 0 (not the fine factors; RESULTS): seeds 1-2 of it (the imbalanced one moved nothing beyond one seed's noise)
 run --variants diti-k8-sg-cnorm --seeds 1,2 --fidelity --peers
 echo "== fidelity and the peers' protocol at the plateau (retrains the runs whose folders are gone) $(date)"
 run --variants pdae,diti-k8-sg --seeds 0,1,2 --fidelity --peers
 run --variants supervised,pixel-pca,random-encoder --seeds 0,1,2 --peers
-echo "== partition rules, seed 0 $(date)"
-run --variants diti-al-sg,diti-rl-sg --seeds 0 --fidelity --peers
+echo "== partition rules, seeds 1-2 $(date)"
+run --variants diti-al-sg,diti-rl-sg --seeds 1,2 --fidelity --peers
 echo "== faster-optimisation options, seed 0 $(date)"
 run --variants pdae-is,diti-k8-sg-is --seeds 0 --fidelity --peers
 run --variants diti-k8-sg-m8 --seeds 0 --fidelity --peers
