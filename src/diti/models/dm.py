@@ -155,6 +155,7 @@ def dm_resolution(unet: UNet2DModel) -> int:
 
 def shipped_dm(name: str = "dm-shapes32") -> Path | None:
     """A DM shipped with diti, if present: ``dm-shapes32`` (32 px shapes version 1, `diti pretrain --preset
-    shapes-demo`) or ``dm-shapes2-16`` (16 px shapes version 2, `--preset shapes2-bench`: the demo's)."""
+    shapes-demo`), ``dm-shapes2-16`` (16 px shapes version 2, `--preset shapes2-bench`: the demo's) or
+    ``dm-shapes1-16`` (16 px shapes version 1, `--preset shapes1-bench16`: the partition benchmark's)."""
     path = Path(str(resources.files("diti") / "assets" / name))
     return path if (path / "model_index.json").is_file() else None
