@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 import zlib
@@ -367,6 +368,30 @@ def test_explore_serves_the_page(server):
     with urllib.request.urlopen(server, timeout=10) as response:
         assert response.status == 200
         assert "gradio" in response.read().decode().lower()
+
+
+def _upload(url: str, name: str, payload: bytes) -> tuple[int, str]:
+    """POST one file to gradio's upload route, as the page does; (HTTP status, body)."""
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url.rstrip("/") + "/gradio_api/upload", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_the_server_stops_reading_an_upload_past_its_cap(server):
+    """An upload past UPLOAD_CAP_FACTOR x MAX_UPLOAD_BYTES is refused by the server while it streams (413), not
+    written whole and refused later; one within the message limit is taken."""
+    cap = explorer_module.UPLOAD_CAP_FACTOR * explorer_module.MAX_UPLOAD_BYTES
+    status, body = _upload(server, "over-the-cap.png", b"\0" * (cap + 1))
+    assert status == 413 and "maximum allowed size" in body, (status, body)
+    status, body = _upload(server, "small.png", b"\0" * 1000)
+    assert status == 200 and "small.png" in body, (status, body)
 
 
 def test_browser_picks_images_moves_the_slider_and_swaps(server, tmp_path, capsys):

@@ -17,7 +17,9 @@ locally.
 Failures are one sentence in the page, beside the control that caused them (``message-a`` and ``message-b``
 beside the two images, ``status`` beside the counterfactual), replacing what was there; nothing reaches the page
 as a bare "Error". Uploads reach the callbacks as files, decoded here: a file that is not an image, larger than
-``MAX_UPLOAD_BYTES`` or of more than ``MAX_UPLOAD_PIXELS`` pixels is refused with a message. ``private_files``
+``MAX_UPLOAD_BYTES`` or of more than ``MAX_UPLOAD_PIXELS`` pixels is refused with a message; gradio's server
+stops reading an upload at ``UPLOAD_CAP_FACTOR`` times ``MAX_UPLOAD_BYTES`` (HTTP 413, its own notice), so that
+no upload can fill the disk before it is refused. ``private_files``
 keeps gradio's uploads and output images in a private temporary folder instead of gradio's shared cache, and
 ``launch`` removes it when the server stops (Ctrl-C, SIGTERM or an error).
 """
@@ -50,6 +52,9 @@ GALLERY_SIZE = 24
 # the largest upload taken (README, "Shareable models and the explorer"): bigger files are refused with a message
 MAX_UPLOAD_BYTES = 20 * 2**20
 MAX_UPLOAD_PIXELS = 25_000_000  # 5000 x 5000
+# gradio's server refuses an upload once it exceeds this many times MAX_UPLOAD_BYTES, before writing the rest:
+# between the two the file reaches the callbacks and is refused with the message beside the image
+UPLOAD_CAP_FACTOR = 2
 # bad input: one message in the page, never a traceback; any other failure is shown too, and logged in full
 INPUT_ERRORS = (ValueError, FileNotFoundError)
 logger = logging.getLogger(__name__)
@@ -547,7 +552,8 @@ def launch(demo, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
     With ``block``, serve until Ctrl-C or SIGTERM, then close the server and return (so that the caller's
     ``private_files`` folder is removed: SIGTERM's default would end the process at once)."""
     kwargs = dict(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False, mcp_server=False,
-                  show_error=False, css=CSS, footer_links=[], quiet=True)
+                  show_error=False, css=CSS, footer_links=[], quiet=True,
+                  max_file_size=UPLOAD_CAP_FACTOR * MAX_UPLOAD_BYTES)
     if not block:
         return demo.launch(prevent_thread_lock=True, **kwargs)
     demo.launch(prevent_thread_lock=True, **kwargs)
