@@ -5,6 +5,7 @@ import runpy
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -97,6 +98,9 @@ def test_curves_quick(tmp_path, capsys):
     rows = [line for line in table.splitlines() if line.startswith("| diti-k8-sg |")]
     mean = rows[0].split("|")[3].strip()
     assert len(rows) == 1 and (mean == "–" or -1 <= float(mean) <= 1)
+    held = (results / "curves.md").read_text().split("### Held and in place")[1].split("###")[0]
+    rows = [line for line in held.splitlines() if line.startswith("| diti-k8-sg |")]
+    assert len(rows) == 1 and rows[0].split("|")[3].strip() in ("yes", "no") and " of " in rows[0], held
     fidelity = (results / "curves.md").read_text().split("### Counterfactual fidelity at the last point")[1]
     rows = [line for line in fidelity.splitlines() if line.startswith(("| pdae |", "| diti-k8-sg |"))]
     assert len(rows) == 8 and all(0 <= float(r.split("|")[6]) <= 1 for r in rows if r.split("|")[6].strip() != "–")
@@ -283,6 +287,21 @@ def test_curves_reach_interpolates_in_log_images():
     assert abs(images - 64 * (500 * 1000) ** 0.5) < 1e-6 and abs(seconds - 300.0) < 1e-9
     assert reach(steps, 0, 0.5) == (250 * 64, 100.0)  # reached at the first point
     assert reach(steps, 0, 0.9) is None and reach(steps, 1, 0.5) is None
+
+
+def test_curves_placement_of_held_factors_on_a_hand_made_point():
+    placement = runpy.run_path(str(BENCH / "curves.py"))["placement"]
+    factors = ["grain", "colour", "position"]
+    crossings = {"grain": 60.0, "colour": 300.0, "position": 620.0}  # chunks 0, 2, 4 of the balanced k = 8 grid
+    share = np.zeros((8, 3))
+    share[1, 0] = share[5, 1] = share[4, 2] = 1.0  # grain next to its chunk, colour 3 off, position in its own
+    row = {"alignment": {"chunk_importance_share": share.tolist()},
+           "probe": {"grain": 0.95, "colour": 0.99, "position": 0.5}}
+    assert placement(row, crossings, factors) == (["grain", "colour"], ["grain"])  # position is not held
+    assert placement(row, crossings, factors, wanted=["colour"]) == (["colour"], [])
+    # the point's own partition sets the chunks' t-ranges: with chunk 5 starting at t = 300, colour is at home
+    row["partition"] = [{"t_first": t} for t in (0, 50, 100, 150, 200, 300, 700, 900)]
+    assert placement(row, crossings, factors) == (["grain", "colour"], ["grain", "colour"])
 
 
 def test_draws_cost_quick(tmp_path, capsys):
