@@ -47,6 +47,7 @@ import platform
 import signal
 import sys
 import time
+from bisect import bisect_right
 from datetime import date
 from pathlib import Path
 
@@ -69,7 +70,7 @@ from diti.folders import latest_checkpoint, load_diti_run, read_run_config
 from diti.folders.results import FidelityResult
 from diti.models.diti import DiTiModel
 from diti.models.dm import load_dm, shipped_dm
-from diti.partition import Partition, stages_from_crossings
+from diti.partition import Partition, chunk_first_timesteps, stages_from_crossings
 from diti.training.jobs import pretrain, train_diti
 
 ROOT = Path(__file__).resolve().parent
@@ -495,16 +496,11 @@ def placement(row: dict, crossings: dict[str, float], factors: list[str], wanted
     share = np.asarray(row["alignment"]["chunk_importance_share"])
     n = share.shape[0]
     part = row.get("partition") or []
-    if len(part) == n:
-        firsts = [int(c["t_first"]) for c in part]
-    else:
-        firsts = [c * timesteps // n for c in range(n)]
+    firsts = [int(c["t_first"]) for c in part] if len(part) == n else chunk_first_timesteps(n, timesteps)
     kept = [f for f in (factors if wanted is None else wanted) if row["probe"][f] >= held]
-    placed = []
-    for f in kept:
-        home = max(c for c in range(n) if firsts[c] <= crossings[f])
-        if abs(int(np.argmax(share[:, factors.index(f)])) - home) <= 1:
-            placed.append(f)
+    # the chunk holding the crossing: the last one that starts at or before it
+    placed = [f for f in kept
+              if abs(int(np.argmax(share[:, factors.index(f)])) - (bisect_right(firsts, crossings[f]) - 1)) <= 1]
     return kept, placed
 
 

@@ -14,15 +14,16 @@ PY=${PY:-$MAIN/.venv/bin/python}
 SETS=()
 for s in "$@"; do SETS+=(--set "$s"); done
 cd "$WT"
-run() {
-  OMP_NUM_THREADS=1 PYTHONPATH="$WT/src" "$PY" benchmarks/curves.py --precision bf16 "${SETS[@]}" --tag "$TAG" \
-    --out "$WT/runs/bench-curves-$TAG" --results "$MAIN/benchmarks/results/curves-$TAG" --jobs 2 "$@"
+curves() {  # curves TAG ARGS...: one curves.py call, its runs and points in the folders of TAG
+  local tag=$1; shift
+  OMP_NUM_THREADS=1 PYTHONPATH="$WT/src" "$PY" benchmarks/curves.py --precision bf16 "${SETS[@]}" --tag "$tag" \
+    --out "$WT/runs/bench-curves-$tag" --results "$MAIN/benchmarks/results/curves-$tag" --jobs 2 "$@"
 }
+run() { curves "$TAG" "$@"; }
+# the partition issue's second data set: shapes v1 at 16 px on its own DM
 v1() {
-  OMP_NUM_THREADS=1 PYTHONPATH="$WT/src" "$PY" benchmarks/curves.py --precision bf16 "${SETS[@]}" --tag "$TAG-v1" \
-    --data-version 1 --resolution 16 --dm src/diti/assets/dm-shapes1-16 --out "$WT/runs/bench-curves-$TAG-v1" \
-    --results "$MAIN/benchmarks/results/curves-$TAG-v1" --jobs 2 --variants pdae,diti-k8-sg,diti-al-sg,diti-rl-sg \
-    --fidelity --peers "$@"
+  curves "$TAG-v1" --data-version 1 --resolution 16 --dm src/diti/assets/dm-shapes1-16 \
+    --variants pdae,diti-k8-sg,diti-al-sg,diti-rl-sg --fidelity --peers "$@"
 }
 echo "== equivalence (speed issue): pdae, diti-k8-sg, seeds 0-2 $(date)"
 run --variants pdae,diti-k8-sg --seeds 0,1,2
