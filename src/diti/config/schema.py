@@ -206,7 +206,7 @@ class TrainConfig:
     mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "no"
     grad_accum_steps: int = 1
     compile: bool = False  # torch.compile the training module (checkpoints stay uncompiled weights)
-    channels_last: bool = False  # NHWC memory format for the models and images (a GPU speed option)
+    channels_last: bool = False  # NHWC memory format for the models and images (slower on an H200: docs/gpu.md)
     progress: bool = True
     # training/tracking.py: the log in TensorBoard (RUN/logs/) or wandb as well as RUN/metrics.jsonl, and
     # every image_every steps a grid of reconstructions (DiTi) or samples (DDPM); 0: no images
