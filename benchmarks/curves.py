@@ -44,6 +44,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import signal
 import sys
 import time
@@ -647,8 +648,15 @@ def format_tables(table: dict, crossings: dict[str, float] | None = None,
         desc = VARIANTS.get(v, (BASELINES.get(v, v), []))[0]
         rows = last[v][1]
         ov = rows[0].get("overrides")
-        lines.append(f"- `{v}`: {desc}" + (f" — `{' '.join(ov)}`" if ov else ""))
+        lines.append(f"- `{v}`: {desc}" + (f" — `{' '.join(portable(ov))}`" if ov else ""))
     return "\n".join(lines) + "\n"
+
+
+def portable(overrides: list[str]) -> list[str]:
+    """Overrides as the variant list shows them: a quoted absolute path into a checkout (its ``src/diti/`` or
+    ``runs/`` folder, where the sweep's worktree lay) cut to the part from that folder on, so that the table
+    names the same file on every machine."""
+    return [re.sub(r'"/[^"]*?/((?:src/diti|runs)/[^"]*)"', r'"\1"', o) for o in overrides]
 
 
 def plot_curves(table: dict, folder: Path) -> list[Path]:

@@ -412,3 +412,13 @@ def test_compare_curves_flags_a_difference_beyond_the_seeds_spread(tmp_path, cap
     text = (tmp_path / "eq" / "equivalence.md").read_text()
     assert "| pdae | 6,400 | shape | 0.500 ± 0.000 | 0.700 ± 0.000 | +0.200 | **no** |" in text
     assert (tmp_path / "eq" / "equivalence.png").is_file()
+
+
+def test_curves_variant_list_shows_paths_from_the_checkout_on():
+    portable = runpy.run_path(str(BENCH / "curves.py"))["portable"]
+    ov = ['partition.rule_source="/work/wt-sweep/src/diti/assets/dm-shapes2-16/attribute_loss.json"',
+          'partition.rule_source="/home/a/wt/runs/bench-curves-fast/rl-source/seed0/removed_loss.json"',
+          'dm="/data/my-dm"', "partition.k=8"]
+    assert portable(ov) == ['partition.rule_source="src/diti/assets/dm-shapes2-16/attribute_loss.json"',
+                            'partition.rule_source="runs/bench-curves-fast/rl-source/seed0/removed_loss.json"',
+                            'dm="/data/my-dm"', "partition.k=8"]
