@@ -269,6 +269,10 @@ def run_curve(variant: str, seed: int, s: dict, data: str, dm: str, out: str, re
     overrides = ([] if variant == "diti-rl-sg" else
                  [*variant_overrides(variant, s, Path(attribute_loss) if attribute_loss else None, d), *extra])
     reference = Partition(d, s["k"], base.diffusion.timesteps)
+    fid_path, peer_path = fidelity_path(results, variant, seed), peers_path(results, variant, seed)
+    wanted = (classifier is not None and not fid_path.is_file()) or (peers and not peer_path.is_file())
+    if not wanted and all(point_path(results, variant, seed, step).is_file() for step in s["points"]):
+        return []  # finished: nothing to train, not even the removed-loss rule's short PDAE run
     if variant == "diti-rl-sg":
         rl = removed_loss_source(seed, s, data, dm, out, tuple(o for o in extra if o.startswith("train.")))
         overrides = [*variant_overrides(variant, s, None, d, rl), *extra]
@@ -312,8 +316,6 @@ def run_curve(variant: str, seed: int, s: dict, data: str, dm: str, out: str, re
               + (f", DCI-D {row['metrics']['dci_d']:.3f}, chunk-D {row['metrics']['chunk_d']:.3f}"
                  if "dci_d" in row["metrics"] else ""), flush=True)
     last = s["points"][-1]
-    fid_path, peer_path = fidelity_path(results, variant, seed), peers_path(results, variant, seed)
-    wanted = (classifier is not None and not fid_path.is_file()) or (peers and not peer_path.is_file())
     if not wanted:
         return written
     latest = latest_checkpoint(run / "checkpoints")

@@ -389,6 +389,10 @@ def test_curves_quick_label_free_partition(tmp_path):
     curve = json.loads(source.read_text())
     assert curve["pdae_steps"] == 4 and len(curve["removed_loss"]) == 1000
     assert sum(row["dims"] for row in point["partition"]) == 16 and len(point["partition"]) == 4
+    # a finished variant trains nothing again, not even the short PDAE run of its rule
+    shutil.rmtree(tmp_path / "rl-source")
+    main(["--quick", "--variants", "diti-rl-sg", "--points", "2", "--dci-points", "0", "--out", str(tmp_path)])
+    assert not (tmp_path / "rl-source").exists()
 
 
 def test_compare_curves_flags_a_difference_beyond_the_seeds_spread(tmp_path, capsys):
