@@ -62,4 +62,8 @@ run --variants pdae-is,diti-k8-sg-is --seeds 0 --fidelity --peers
 run --variants diti-k8-sg-m8 --seeds 0 --fidelity --peers
 echo "== the partition issue's second data set, seed 2 $(date)"
 v1 --seeds 2
+# on that data every variant still gained 0.04-0.06 over the last doubling at 4,000 steps (RESULTS): no plateau
+echo "== the partition issue's second data set to 8,000 steps: PDAE and the two DiTi rows that decide the default $(date)"
+curves "$TAG-v1" --data-version 1 --resolution 16 --dm src/diti/assets/dm-shapes1-16 \
+  --variants pdae,diti-rl-sg,diti-k8-sg --seeds 0,1,2 --points 250,500,1000,2000,4000,8000
 echo "== done $(date)"
