@@ -21,10 +21,8 @@ curves() {  # curves TAG ARGS...: one curves.py call, its runs and points in the
 }
 run() { curves "$TAG" "$@"; }
 # the partition issue's second data set: shapes v1 at 16 px on its own DM
-v1() {
-  curves "$TAG-v1" --data-version 1 --resolution 16 --dm src/diti/assets/dm-shapes1-16 \
-    --variants pdae,diti-k8-sg,diti-al-sg,diti-rl-sg --fidelity --peers "$@"
-}
+v1data() { curves "$TAG-v1" --data-version 1 --resolution 16 --dm src/diti/assets/dm-shapes1-16 "$@"; }
+v1() { v1data --variants pdae,diti-k8-sg,diti-al-sg,diti-rl-sg --fidelity --peers "$@"; }
 echo "== equivalence (speed issue): pdae, diti-k8-sg, seeds 0-2 $(date)"
 run --variants pdae,diti-k8-sg --seeds 0,1,2
 echo "== supervised bound and baselines, seeds 0-2 $(date)"
@@ -64,6 +62,5 @@ echo "== the partition issue's second data set, seed 2 $(date)"
 v1 --seeds 2
 # on that data every variant still gained 0.04-0.06 over the last doubling at 4,000 steps (RESULTS): no plateau
 echo "== the partition issue's second data set to 8,000 steps: PDAE and the two DiTi rows that decide the default $(date)"
-curves "$TAG-v1" --data-version 1 --resolution 16 --dm src/diti/assets/dm-shapes1-16 \
-  --variants pdae,diti-rl-sg,diti-k8-sg --seeds 0,1,2 --points 250,500,1000,2000,4000,8000
+v1data --variants pdae,diti-rl-sg,diti-k8-sg --seeds 0,1,2 --points 250,500,1000,2000,4000,8000
 echo "== done $(date)"
