@@ -53,11 +53,10 @@ run --variants diti-k8-sg-cnorm --seeds 1,2 --fidelity --peers
 echo "== fidelity and the peers' protocol at the plateau (retrains the runs whose folders are gone) $(date)"
 run --variants pdae,diti-k8-sg --seeds 0,1,2 --fidelity --peers
 run --variants supervised,pixel-pca,random-encoder --seeds 0,1,2 --peers
+echo "== faster-optimisation options, seed 0 (three runs in one call: two workers stay busy) $(date)"
+run --variants pdae-is,diti-k8-sg-is,diti-k8-sg-m8 --seeds 0 --fidelity --peers
 echo "== partition rules, seeds 1-2 $(date)"
 run --variants diti-al-sg,diti-rl-sg --seeds 1,2 --fidelity --peers
-echo "== faster-optimisation options, seed 0 $(date)"
-run --variants pdae-is,diti-k8-sg-is --seeds 0 --fidelity --peers
-run --variants diti-k8-sg-m8 --seeds 0 --fidelity --peers
 echo "== the partition issue's second data set, seed 2 $(date)"
 v1 --seeds 2
 # on that data every variant still gained 0.04-0.06 over the last doubling at 4,000 steps (RESULTS): no plateau
