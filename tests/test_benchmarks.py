@@ -426,3 +426,22 @@ def test_curves_variant_list_shows_paths_from_the_checkout_on():
     assert portable(ov) == ['partition.rule_source="src/diti/assets/dm-shapes2-16/attribute_loss.json"',
                             'partition.rule_source="runs/bench-curves-fast/rl-source/seed0/removed_loss.json"',
                             'dm="/data/my-dm"', "partition.k=8"]
+
+
+def test_curves_rank_correlation_over_all_or_held_factors_on_a_hand_made_point():
+    rank_correlation = runpy.run_path(str(BENCH / "curves.py"))["rank_correlation"]
+    factors = ["grain", "texture", "colour", "position"]
+    crossings = {"grain": 60.0, "texture": 170.0, "colour": 300.0, "position": 620.0}
+    share = np.zeros((8, 4))
+    share[6, 0] = share[5, 1] = share[0, 2] = share[2, 3] = 1.0  # two chance-level factors in late chunks
+    row = {"alignment": {"chunk_importance_share": share.tolist()},
+           "probe": {"grain": 0.5, "texture": 0.35, "colour": 0.99, "position": 1.0}}
+    # all four: chunks 6, 5, 0, 2 against rising crossings, ranks 4, 3, 1, 2: rho = 1 - 6 * 18 / 60 = -0.8
+    assert abs(rank_correlation(row, crossings, factors) - (-0.8)) < 1e-12
+    assert rank_correlation(row, crossings, factors, held=0.9) is None  # only 2 held
+    row["probe"]["texture"] = 0.95  # now held: texture (chunk 5), colour (0), position (2): ranks 3, 1, 2
+    assert abs(rank_correlation(row, crossings, factors, held=0.9) - (-0.5)) < 1e-12
+    share[:, 1] = 0.0
+    share[1, 1] = 1.0  # texture in chunk 1: chunks 1, 0, 2 against rising crossings, ranks 2, 1, 3
+    row["alignment"]["chunk_importance_share"] = share.tolist()
+    assert abs(rank_correlation(row, crossings, factors, held=0.9) - 0.5) < 1e-12
