@@ -587,16 +587,20 @@ def format_tables(table: dict, crossings: dict[str, float] | None = None,
         plateau = float(np.mean([r["metrics"]["probe_mean"] for r in last["pdae"][1]]))
         target = 0.95 * plateau
         lines += ["", f"### Reaching 95 % of PDAE's last probe mean ({plateau:.3f} -> {target:.3f})", "",
-                  "First crossing per seed, interpolated linearly in log(images) between points; '>' when a "
-                  "seed's last point is still below.", "",
-                  "| variant | seeds reaching | images | train minutes |", "|---|---|---|---|"]
+                  "First crossing per seed, interpolated linearly in log(images) between points. Steps: the "
+                  "same crossing in training steps, each of 64 (t, noise) draws in every variant (the -m8 ones: "
+                  "8 images x 8 draws), i.e. the compute; train minutes depend on what ran beside.", "",
+                  "| variant | seeds reaching | images | steps | train minutes |", "|---|---|---|---|---|"]
         for v in _order(table):
             if v in BASELINES:
                 continue
             hits = [reach(table[v], seed, target) for seed in sorted({r["seed"] for rows in table[v].values()
                                                                       for r in rows})]
             reached = [h for h in hits if h is not None]
+            first = table[v][min(table[v])][0]
+            per_step = first["images"] / first["step"]  # images per step: fewer with several draws per image
             lines.append(f"| {v} | {len(reached)} of {len(hits)} | {_ms([h[0] for h in reached], ',.0f')} | "
+                         f"{_ms([h[0] / per_step for h in reached], ',.0f')} | "
                          f"{_ms([h[1] / 60 for h in reached], '.1f')} |")
     factors = list(next(iter(last.values()))[1][0]["probe"])
     lines += ["", "### Probe accuracy per factor at the last point", "",

@@ -56,6 +56,12 @@ def test_curves_quick(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "### At the last point" in text and "| diti-k8-sg |" in text and "| pixel-pca |" in text
     assert "| supervised |" in text
+    # images and steps to 95 % of PDAE's last point: PDAE reaches its own, 16 images per quick step
+    reach_rows = text.split("### Reaching 95 %")[1].split("###")[0].splitlines()
+    assert "| variant | seeds reaching | images | steps | train minutes |" in reach_rows
+    cells = next(r for r in reach_rows if r.startswith("| pdae |")).split("|")
+    images, steps = (float(c.replace(",", "")) for c in cells[3:5])
+    assert steps > 0 and abs(images - 16 * steps) <= 8.5  # both cells rounded to integers
     results = tmp_path / "results"
     files = sorted(p.relative_to(results).as_posix() for p in results.glob("*/seed*/step*.json"))
     assert files == ["diti-k8-sg/seed0/step000002.json", "diti-k8-sg/seed0/step000004.json",
