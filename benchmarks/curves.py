@@ -622,11 +622,10 @@ def format_tables(table: dict, crossings: dict[str, float] | None = None,
                   "Spearman rank correlation, over the factors, between the frozen DM's attribute-loss crossing t "
                   "(interpolated) and the chunk holding the factor's largest importance share (the table above), "
                   "per seed. For PDAE the chunks are the same dim groups with no time meaning.", "",
-                  "| variant | per seed | mean |", "|---|---|---|"]
-        lines[-2:] = ["The last two columns: the same over the factors the point holds (probe >= 0.9) only, since a "
-                      "factor at chance has its largest share in a chunk picked by noise ('–': fewer than 3 held, "
-                      "or all in one chunk).", "",
-                      "| variant | per seed | mean | held factors only, per seed | mean |", "|---|---|---|---|---|"]
+                  "The last two columns: the same over the factors the point holds (probe >= 0.9) only, since a "
+                  "factor at chance has its largest share in a chunk picked by noise ('–': fewer than 3 held, "
+                  "or all in one chunk).", "",
+                  "| variant | per seed | mean | held factors only, per seed | mean |", "|---|---|---|---|---|"]
         for v, (_, rows) in last.items():
             if rows[0].get("alignment") is None:
                 continue
