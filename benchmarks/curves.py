@@ -118,6 +118,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 # the variants built from the DM's attribute-loss crossings: "diti-imb-sg*" (the stages at the crossings, plus
 # their own overrides above) and "diti-al-sg" (the attribute-loss rule)
+# a factor counts as held when its probe reaches this (the whole-claim issue's goal; the supervised bound's too)
+HELD = 0.9
 NEEDS_CROSSINGS = tuple(v for v in VARIANTS if v.startswith("diti-imb-sg")) + ("diti-al-sg",)
 BASELINES = {"pixel-pca": "first d principal components of the train pixels",
              "random-encoder": "untrained encoder of the same architecture",
@@ -491,7 +493,7 @@ def fidelity_lines(fidelity: dict[str, list[dict]], crossings: dict[str, float])
 
 
 def placement(row: dict, crossings: dict[str, float], factors: list[str], wanted: list[str] | None = None,
-              held: float = 0.9, timesteps: int = 1000) -> tuple[list[str], list[str]]:
+              held: float = HELD, timesteps: int = 1000) -> tuple[list[str], list[str]]:
     """The whole-claim goal on one point: of the ``wanted`` factors (default all; ``factors`` is the order of the
     alignment's columns), the ones it holds (probe >= ``held``) and, of those, the ones whose largest DCI
     importance share lies in the chunk whose t-range holds the DM's crossing, or a neighbour of it. The chunks'
@@ -519,6 +521,11 @@ def rank_correlation(row: dict, crossings: dict[str, float], factors: list[str],
     if len(cols) < 3 or np.ptp(chunks) == 0:
         return None
     return float(spearmanr([crossings[factors[j]] for j in cols], chunks).statistic)
+
+
+def _per_seed(values, fmt: str = ".2f") -> str:
+    """One value per seed, '/'-separated; None (undefined) as '–'."""
+    return " / ".join("–" if x is None else f"{x:{fmt}}" for x in values)
 
 
 def _ms(values, fmt: str = ".3f") -> str:
@@ -622,7 +629,7 @@ def format_tables(table: dict, crossings: dict[str, float] | None = None,
                   "Spearman rank correlation, over the factors, between the frozen DM's attribute-loss crossing t "
                   "(interpolated) and the chunk holding the factor's largest importance share (the table above), "
                   "per seed. For PDAE the chunks are the same dim groups with no time meaning.", "",
-                  "The last two columns: the same over the factors the point holds (probe >= 0.9) only, since a "
+                  f"The last two columns: the same over the factors the point holds (probe >= {HELD}) only, since a "
                   "factor at chance has its largest share in a chunk picked by noise ('–': fewer than 3 held, "
                   "or all in one chunk).", "",
                   "| variant | per seed | mean | held factors only, per seed | mean |", "|---|---|---|---|---|"]
@@ -630,18 +637,17 @@ def format_tables(table: dict, crossings: dict[str, float] | None = None,
             if rows[0].get("alignment") is None:
                 continue
             rho = [rank_correlation(r, crossings, factors) for r in rows]
-            rho_held = [rank_correlation(r, crossings, factors, held=0.9) for r in rows]
-            lines.append(f"| {v} | " + " / ".join("–" if x is None else f"{x:.2f}" for x in rho)
-                         + f" | {_ms(rho, '.2f')} | " + " / ".join("–" if x is None else f"{x:.2f}" for x in rho_held)
-                         + f" | {_ms(rho_held, '.2f')} |")
-        # the goal of the whole-claim issue: every factor the architecture can hold (supervised bound >= 0.9,
-        # when that baseline ran; else every factor) is held (probe >= 0.9) and sits at its crossing's chunk
+            rho_held = [rank_correlation(r, crossings, factors, held=HELD) for r in rows]
+            lines.append(f"| {v} | {_per_seed(rho)} | {_ms(rho, '.2f')} | {_per_seed(rho_held)} | "
+                         f"{_ms(rho_held, '.2f')} |")
+        # the goal of the whole-claim issue: every factor the architecture can hold (supervised bound >= HELD,
+        # when that baseline ran; else every factor) is held (probe >= HELD) and sits at its crossing's chunk
         bound = last.get("supervised")
-        wanted = [f for f in factors if bound is None or np.mean([r["probe"][f] for r in bound[1]]) >= 0.9]
-        lines += ["", "### Held and in place: the factors probed >= 0.9 whose largest importance is in the chunk of "
+        wanted = [f for f in factors if bound is None or np.mean([r["probe"][f] for r in bound[1]]) >= HELD]
+        lines += ["", f"### Held and in place: the factors probed >= {HELD} whose largest importance is in the chunk of "
                   "the DM's crossing or a neighbour", "",
                   f"Per seed, 'p of h': h factors held of the {len(wanted)} "
-                  + ("(those the supervised bound reads >= 0.9)" if bound else "(all)")
+                  + (f"(those the supervised bound reads >= {HELD})" if bound else "(all)")
                   + ", p of them in place; goal: all held and in place on every seed.", "",
                   "| variant | per seed | goal met |", "|---|---|---|"]
         for v, (_, rows) in last.items():
