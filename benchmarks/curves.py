@@ -469,7 +469,8 @@ def load_extra(results: Path, name: str) -> dict[str, list[dict]]:
 
 def fidelity_lines(fidelity: dict[str, list[dict]], crossings: dict[str, float]) -> list[str]:
     """Markdown: hit rate and leakage per dim group (evaluation/fidelity.py:hit_and_leakage), mean ± std over
-    the seeds, beside the reconstruction ceiling."""
+    the seeds, beside the reconstruction ceiling. Groups are matched by index (the same t-range); when their
+    dims differ by seed, the label lists each distinct one."""
     lines = ["", "### Counterfactual fidelity at the last point", "",
              "Swapping one dim group from a source into a target (decoded from the target's x_T): **hit** = how "
              "often the factors the DM loses in the group's t-range take the source's value, **leakage** = how "
@@ -484,10 +485,14 @@ def fidelity_lines(fidelity: dict[str, list[dict]], crossings: dict[str, float])
                     for r in rows]
         recon = _ms([1 - float(np.nanmean([x for x in r["reconstruction_accuracy"] if x is not None]))
                      for r in rows])
+        if len({len(seed) for seed in per_seed}) > 1:
+            raise ValueError(f"{v}: the seeds' fidelity results have different numbers of dim groups")
         for g, first in enumerate(per_seed[0]):
             hits = [seed[g]["hit"] for seed in per_seed]
             leaks = [seed[g]["leakage"] for seed in per_seed]
-            lines.append(f"| {v} | {len(rows)} | {first['group']} | {first['t_range'][0]}-{first['t_range'][1]} | "
+            # a rule read per seed (removed loss) gives each seed its own dims: name them all, in seed order
+            group = "; ".join(dict.fromkeys(seed[g]["group"] for seed in per_seed))
+            lines.append(f"| {v} | {len(rows)} | {group} | {first['t_range'][0]}-{first['t_range'][1]} | "
                          f"{', '.join(first['factors']) or '-'} | {_ms(hits)} | {_ms(leaks)} | {recon} |")
     return lines
 

@@ -451,3 +451,36 @@ def test_curves_rank_correlation_over_all_or_held_factors_on_a_hand_made_point()
     share[1, 1] = 1.0  # texture in chunk 1: chunks 1, 0, 2 against rising crossings, ranks 2, 1, 3
     row["alignment"]["chunk_importance_share"] = share.tolist()
     assert abs(rank_correlation(row, crossings, factors, held=0.9) - 0.5) < 1e-12
+
+
+def test_curves_fidelity_lines_average_by_group_and_name_each_seeds_dims():
+    fidelity_lines = runpy.run_path(str(BENCH / "curves.py"))["fidelity_lines"]
+    crossings = {"grain": 60.0, "colour": 300.0}
+
+    def result(split: int, hit: float) -> dict:  # two stages, t 0-499 and 500-999, split at dim `split` of 4
+        return {"factor_names": ["grain", "colour"],
+                "group_labels": [f"stage 0: t 0-499, dims 0-{split - 1}", f"stage 1: t 500-999, dims {split}-3",
+                                 "all dims"],
+                "group_dim_ranges": [[0, split], [split, 4], [0, 4]],
+                "group_t_ranges": [[0, 499], [500, 999], [0, 999]],
+                "takes_source": [[hit, 0.0], [0.0, 0.0], [1.0, 1.0]],
+                "keeps_target": [[1.0, 0.75], [1.0, 1.0], [0.0, 0.0]],
+                "num_differ": [10, 10], "reconstruction_accuracy": [1.0, 0.9], "real_accuracy": [1.0, 1.0],
+                "num_pairs": 4, "num_steps": 2, "seed": 0}
+
+    rows = [line for line in fidelity_lines({"diti-rl-sg": [result(1, 0.2), result(3, 0.4)]}, crossings)
+            if line.startswith("| diti-rl-sg")]
+    assert len(rows) == 2  # the all-dims group is left out
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    # stage 0 holds grain and colour (both crossings in 0-499): hit = mean(hit, 0) per seed = 0.1 and 0.2,
+    # mean ± sample std 0.150 ± 0.071; no other factor: no leakage; 1 - reconstruction 0.05 on both seeds
+    assert cells[1:5] == ["2", "stage 0: t 0-499, dims 0-0; stage 0: t 0-499, dims 0-2", "0-499", "grain, colour"]
+    assert cells[5] == "0.150 ± 0.071" and cells[6] == "–" and cells[7] == "0.050 ± 0.000"
+    same = [line for line in fidelity_lines({"diti-k8-sg": [result(2, 0.2), result(2, 0.2)]}, crossings)
+            if line.startswith("| diti-k8-sg")]
+    assert "| stage 0: t 0-499, dims 0-1 |" in same[0]  # equal dims: one label
+    with pytest.raises(ValueError, match="different numbers of dim groups"):
+        short = result(2, 0.2)
+        for key in ("group_labels", "group_dim_ranges", "group_t_ranges", "takes_source", "keeps_target"):
+            short[key] = short[key][1:]
+        fidelity_lines({"x": [result(2, 0.2), short]}, crossings)
