@@ -479,8 +479,8 @@ def test_curves_fidelity_lines_average_by_group_and_name_each_seeds_dims():
     same = [line for line in fidelity_lines({"diti-k8-sg": [result(2, 0.2), result(2, 0.2)]}, crossings)
             if line.startswith("| diti-k8-sg")]
     assert "| stage 0: t 0-499, dims 0-1 |" in same[0]  # equal dims: one label
+    short = result(2, 0.2)
+    for key in ("group_labels", "group_dim_ranges", "group_t_ranges", "takes_source", "keeps_target"):
+        short[key] = short[key][1:]
     with pytest.raises(ValueError, match="different numbers of dim groups"):
-        short = result(2, 0.2)
-        for key in ("group_labels", "group_dim_ranges", "group_t_ranges", "takes_source", "keeps_target"):
-            short[key] = short[key][1:]
         fidelity_lines({"x": [result(2, 0.2), short]}, crossings)
