@@ -177,21 +177,14 @@ def variant_overrides(variant: str, s: dict, attribute_loss: Path | None, latent
 
 def removed_loss_source(seed: int, s: dict, data: Path, dm: Path, out: Path, extra: tuple[str, ...]) -> Path:
     """The removed-loss curve of a short PDAE run of this seed (``s["rl_steps"]`` steps, the sweep's training
-    options), trained once beside the sweep's runs and measured once: ``out/rl-source/seed<k>/removed_loss.json``."""
-    from diti.training.partition_rule import removed_loss_curve
+    options), trained once beside the sweep's runs and measured once: ``out/rl-source/seed<k>/removed_loss.json``
+    (``diti.training.jobs.removed_loss_source``, what ``partition.rule_source=auto`` trains inside a run)."""
+    from diti.training.jobs import removed_loss_source as train_source
 
-    folder = out / "rl-source" / f"seed{seed}"
-    path = folder / "removed_loss.json"
-    if path.is_file():
-        return path
     cfg = build_config(DiTiConfig, s["preset"], overrides=[
-        f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", "partition.k=1", "partition.mode=base",
-        *extra, f"train.seed={seed}", "train.progress=false", f"train.steps={s['rl_steps']}"])
-    run = folder / "pdae"
-    train_diti(cfg, run, resume=(run / "config.yaml").is_file())
-    curve = removed_loss_curve(run)
-    _write_json(path, {**curve, "pdae_steps": s["rl_steps"]})
-    return path
+        f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", *extra, f"train.seed={seed}",
+        "train.progress=false"])
+    return train_source(cfg, out / "rl-source" / f"seed{seed}", s["rl_steps"])
 
 
 def evaluate(train, test, partition: Partition, s: dict, seed: int, with_dci: bool, reference) -> dict:

@@ -332,3 +332,37 @@ def test_removed_loss_from_a_pdae_run_trains_a_partition_and_the_report_names_th
     assert written["rule"] == "removed_loss" and written["dims_per_stage"] == saved["partition"]["dims_per_stage"]
     page = write_report([run], tmp_path / "r.html").read_text()
     assert "partition rule" in page and "removed_loss (removed.json)" in page
+
+
+def test_removed_loss_rule_with_auto_source_trains_its_pdae_run_inside_the_run_once(tmp_path, random_dm, shapes16):
+    import json
+
+    import yaml
+
+    from conftest import quick_cfg
+    from diti.config.loader import ConfigError
+    from diti.training.jobs import train_diti
+
+    rule = ["partition.rule=removed_loss", "partition.rule_source=auto", "partition.rule_source_steps=3"]
+    run = train_diti(quick_cfg(random_dm, shapes16, "train.steps=2", *rule), tmp_path / "diti")
+    source = run / "rule-source" / "removed_loss.json"
+    curve = json.loads(source.read_text())
+    assert curve["pdae_steps"] == 3 and len(curve["removed_loss"]) == 1000
+    pdae = yaml.safe_load((run / "rule-source" / "pdae" / "config.yaml").read_text())
+    assert (pdae["partition"]["k"], pdae["partition"]["mode"], pdae["train"]["steps"]) == (1, "base", 3)
+    written = yaml.safe_load((run / "config.yaml").read_text())["partition"]
+    assert written["rule_source"] == str(source.resolve()) and sum(written["dims_per_stage"]) == 16
+    # resumed: the source is read, not trained again; the partition stays the one that trained
+    stamp = source.stat().st_mtime_ns
+    train_diti(quick_cfg(random_dm, shapes16, "train.steps=3", *rule), run, resume=True)
+    assert source.stat().st_mtime_ns == stamp
+    assert yaml.safe_load((run / "config.yaml").read_text())["partition"] == written
+    # a folder holding other files is refused before the source trains; auto is for the removed-loss rule only
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        train_diti(quick_cfg(random_dm, shapes16, "train.steps=2", *rule), tmp_path / "busy")
+    assert not (tmp_path / "busy" / "rule-source").exists()
+    with pytest.raises(ConfigError, match="rule_source=auto"):
+        train_diti(quick_cfg(random_dm, shapes16, "partition.rule=attribute_loss", "partition.rule_source=auto"),
+                   tmp_path / "al")

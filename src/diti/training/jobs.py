@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
+from accelerate import PartialState
 from diffusers import UNet2DModel
 
 from ..config import build_config
@@ -20,7 +21,7 @@ from ..folders.layout import CONFIG, read_meta, read_run_config, write_run_files
 from ..models.ddpm import DDPMObjective
 from ..models.diti import DiTiModel
 from ..models.dm import build_unet, dm_resolution, load_dm, save_dm
-from .partition_rule import resolve_partition_rule
+from .partition_rule import RULE_SOURCE, removed_loss_curve, resolve_partition_rule
 from .precision import resolve_mixed_precision
 from .timesteps import IndependentSampler, build_sampler
 from .tracking import reconstructions, samples
@@ -57,6 +58,17 @@ def job_config(
     return build_config(cls, preset, file, extra, base=base)
 
 
+def check_out(out: Path, resume: bool) -> bool:
+    """Whether ``out`` holds a run; raise where a new run may not start there (a run without ``resume``, or other
+    files; the removed-loss rule's own source folder, RULE_SOURCE, may be there already)."""
+    has_run = (out / CONFIG).is_file()
+    if has_run and not resume:
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    if not has_run and not resume and out.exists() and any(p.name != RULE_SOURCE for p in out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out")
+    return has_run
+
+
 def prepare_run_folder(out: Path, kind: str, cfg, resume: bool):
     """Create ``out`` for a new run, or check that a resumed run keeps its experiment config.
 
@@ -64,12 +76,7 @@ def prepare_run_folder(out: Path, kind: str, cfg, resume: bool):
     from ``cfg``.
     """
     out = Path(out)
-    has_run = (out / CONFIG).is_file()
-    if has_run and not resume:
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-    if not has_run:
-        if out.exists() and any(out.iterdir()) and not resume:
-            raise FileExistsError(f"{out} exists and is not empty; choose another --out")
+    if not check_out(out, resume):
         return cfg
     read_meta(out, kind)
     saved = read_run_config(out, type(cfg))
@@ -139,6 +146,9 @@ def train_diti(cfg: DiTiConfig, out: str | Path, resume: bool = False) -> Path:
     cfg.data.path = _resolve_path(cfg.data.path, "data.path")
     cfg.validate()
     cfg.train.mixed_precision = resolve_mixed_precision(cfg.train.mixed_precision, cfg.train.device)
+    if cfg.partition.rule_source == "auto":  # the removed-loss rule's PDAE run, trained here first
+        check_out(out, resume)
+        cfg.partition.rule_source = str(removed_loss_source(cfg, out / RULE_SOURCE, cfg.partition.rule_source_steps))
     cfg.partition = resolve_partition_rule(cfg.partition, cfg.diffusion.timesteps)
     schedule = cfg.diffusion.build()
     dm = load_dm(cfg.dm, schedule)
@@ -160,6 +170,32 @@ def train_diti(cfg: DiTiConfig, out: str | Path, resume: bool = False) -> Path:
     trainer.resume()
     trainer.run(to_dict(cfg), reconstructions(model))
     return out
+
+
+def removed_loss_source(cfg: DiTiConfig, folder: str | Path, steps: int) -> Path:
+    """The label-free partition rule's source made from ``cfg``: a PDAE run (k = 1, base mode, the rest of ``cfg``)
+    of ``steps`` steps in ``folder/pdae`` and its removed-loss curve r(t) in ``folder/removed_loss.json``, the file
+    ``partition.rule_source`` then points to. Kept: a second call (a resumed run) trains nothing."""
+    folder = Path(folder)
+    path = folder / "removed_loss.json"
+    if path.is_file():
+        return path
+    pdae = copy.deepcopy(cfg)
+    pdae.partition = replace(cfg.partition, k=1, mode="base", stages=None, dims_per_stage=None, rule="given",
+                             rule_source=None)
+    pdae.train.steps = steps
+    state = PartialState()
+    if state.is_main_process and cfg.train.progress:
+        print(f"partition rule removed_loss: training its source, a PDAE run of {steps} steps, in {folder / 'pdae'}",
+              file=sys.stderr)
+    run = train_diti(pdae, folder / "pdae", resume=(folder / "pdae" / CONFIG).is_file())
+    if state.is_main_process:
+        curve = removed_loss_curve(run, device=str(state.device))
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({**curve, "pdae_steps": steps}))
+        tmp.replace(path)  # whole or absent: a killed run measures again
+    state.wait_for_everyone()
+    return path
 
 
 def note_resize(dataset, why: str) -> None:

@@ -8,7 +8,8 @@
   ``attribute_loss.json`` of ``diti attribute-loss``; ``diti.partition.partition_from_crossings``);
 - ``removed_loss``: dims at the chunks where a PDAE run's code removes the most loss, read without labels
   (``rule_source``: that run's folder, measured here, or the JSON of ``diti partition --from-removed-loss``;
-  ``diti.partition.partition_from_removed_loss``).
+  ``diti.partition.partition_from_removed_loss``); ``rule_source: auto`` trains that run first, inside the run
+  folder (``jobs.removed_loss_source``: ``partition.rule_source_steps`` steps of PDAE on the same data and DM).
 
 The resolved stages and dims replace the config's, so that ``RUN/config.yaml`` records the partition that
 trained; the rule and its source stay beside them.
@@ -32,6 +33,7 @@ from ..partition import (
     partition_from_removed_loss,
 )
 
+RULE_SOURCE = "rule-source"  # RUN/rule-source: the PDAE run of partition.rule_source=auto and its curve
 OFFICIAL_STAGES = (50, 100, 300, 500, 1000)
 OFFICIAL_DIMS = (10, 25, 327, 100, 50)
 
@@ -107,6 +109,9 @@ def resolve_partition_rule(pcfg: PartitionConfig, timesteps: int) -> PartitionCo
     rule = pcfg.rule
     if rule != "given" and rule != "balanced" and rule != "official" and pcfg.rule_source is None:
         raise ConfigError(f"partition.rule={rule} needs partition.rule_source")
+    if pcfg.rule_source == "auto":
+        raise ConfigError("partition.rule_source=auto (a PDAE run trained first) is for partition.rule=removed_loss "
+                          f"and is resolved by `diti train`, not here (rule: {rule})")
     try:
         if rule == "given":
             return pcfg
