@@ -34,6 +34,12 @@ def test_partition_table_and_errors():
     assert result.exit_code == 2 and "last stage must end at T=1000" in result.output
     out = invoke("partition", "--preset", "shapes-demo")
     assert "d=64, k=8" in out
+    # a rule in the config is resolved before printing; auto names what train does instead of a table
+    out = invoke("partition", "--preset", "shapes2-bench", "--set", "partition.rule=official", "--set", "partition.k=20")
+    assert out.splitlines()[2].split() == ["0", "0", "0-49", "0-1", "2"]  # the official dims 2/2/18/6/4, not 32 / 20
+    out = invoke("partition", "--preset", "shapes2-bench", "--set", "partition.rule=removed_loss",
+                 "--set", "partition.rule_source=auto")
+    assert "rule_source=auto" in out and "500-step PDAE run" in out
 
 
 def test_pipeline_smoke(tmp_path):

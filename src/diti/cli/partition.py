@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from .common import int_list
+from .common import Overrides, int_list
 
 
 def partition(
@@ -20,6 +20,7 @@ def partition(
     config: Path = typer.Option(None, help="Read the partition from a YAML config."),
     run: Path = typer.Option(None, help="Read the partition from a run folder's config."),
     preset: str = typer.Option(None, help="Read the partition from a preset."),
+    set_: Overrides = None,
     from_attribute_loss: Path = typer.Option(None, help="Put the dims at the chunks where the DM loses each "
                                              "factor, from this attribute_loss.json (`diti attribute-loss`); "
                                              "needs --latent-dim, --k."),
@@ -44,8 +45,8 @@ def partition(
         flag = "--from-attribute-loss" if from_attribute_loss is not None else "--from-removed-loss"
         if from_attribute_loss is not None and from_removed_loss is not None:
             raise ValueError("give --from-attribute-loss or --from-removed-loss, not both")
-        if stages is not None or any(v is not None for v in (config, run, preset)):
-            raise ValueError(f"{flag} replaces --stages/--config/--run/--preset; give it alone")
+        if stages is not None or set_ or any(v is not None for v in (config, run, preset)):
+            raise ValueError(f"{flag} replaces --stages/--config/--run/--preset/--set; give it alone")
         if latent_dim is None or k is None:
             raise ValueError(f"{flag} needs --latent-dim and --k")
         if from_attribute_loss is not None:
@@ -61,7 +62,7 @@ def partition(
 
     if run is not None:
         config = Path(run) / CONFIG
-    overrides = []
+    overrides = list(set_ or [])
     for key, value in (("latent_dim", latent_dim), ("k", k)):
         if value is not None:
             overrides.append(f"partition.{key}={value}")
@@ -76,5 +77,13 @@ def partition(
         # flags without stages describe a balanced partition
         overrides += ["partition.stages=null", "partition.dims_per_stage=null"]
     cfg = build_config(DiTiConfig, preset, config, overrides)
-    part = cfg.partition.build(cfg.diffusion.timesteps)
+    pcfg = cfg.partition
+    if pcfg.rule_source == "auto":  # nothing to read yet: the rule's source is trained by `diti train`
+        typer.echo(f"partition.rule={pcfg.rule} with partition.rule_source=auto (d={pcfg.latent_dim}, k={pcfg.k}): "
+                   f"the dims are read when `diti train` starts, from a {pcfg.rule_source_steps}-step PDAE run it "
+                   "trains first in RUN/rule-source; `diti partition --run RUN` prints them")
+        return
+    from ..training.partition_rule import resolve_partition_rule
+
+    part = resolve_partition_rule(pcfg, cfg.diffusion.timesteps).build(cfg.diffusion.timesteps)
     typer.echo(json.dumps(part.to_json()) if as_json else part.format_table())
