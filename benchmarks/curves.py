@@ -58,6 +58,7 @@ from scipy.stats import spearmanr
 
 from diti import __version__
 from diti.config import DiTiConfig, PretrainConfig, build_config
+from diti.config.presets import GIVEN_PARTITION
 from diti.data import generate_shapes
 from diti.evaluation.features import encode_dataset
 from diti.evaluation.fidelity import hit_and_leakage
@@ -279,7 +280,8 @@ def run_curve(variant: str, seed: int, s: dict, data: str, dm: str, out: str, re
 
     def train_to(step: int) -> float:
         cfg = build_config(DiTiConfig, s["preset"], overrides=[
-            f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", *overrides, f"train.seed={seed}",
+            f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", *GIVEN_PARTITION, *overrides,
+            f"train.seed={seed}",
             "train.progress=false", f"train.steps={step}"])
         t0 = time.perf_counter()
         train_diti(cfg, run, resume=(run / "config.yaml").is_file())

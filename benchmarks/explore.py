@@ -33,6 +33,7 @@ def build_model(root: Path, quick: bool):
     """(pipeline, test data set): a shapes-demo run on the shipped DM (quick: shapes-quick on a random 16 px DM)."""
     import diti
     from diti.config import DiTiConfig, UNetConfig, build_config
+    from diti.config.presets import GIVEN_PARTITION
     from diti.data import generate_shapes
     from diti.diffusion.schedule import NoiseSchedule
     from diti.models.dm import build_unet, save_dm, shipped_dm
@@ -50,7 +51,8 @@ def build_model(root: Path, quick: bool):
         if dm is None:
             raise SystemExit("the shipped DM (src/diti/assets/dm-shapes32) is missing")
     cfg = build_config(DiTiConfig, preset, overrides=[f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}",
-                                                       "train.steps=2", "train.batch_size=16", "train.progress=false"])
+                                                       "train.steps=2", "train.batch_size=16", "train.progress=false",
+                                                       *GIVEN_PARTITION])
     run = train_diti(cfg, root / "run")
     model = diti.load(run)
     return model, model.dataset(data, "test")

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from diti.config import DiTiConfig, PretrainConfig, build_config
+from diti.config.presets import GIVEN_PARTITION
 from diti.data import generate_shapes
 from diti.folders import load_diti_run
 from diti.models.dm import shipped_dm
@@ -37,8 +38,8 @@ def run_config(s: dict, variant: str, seed: int, precision: str, data: Path, dm:
     curves = runpy.run_path(str(BENCH / "curves.py"))
     overrides = [o.format(k=s["k"]) for o in curves["VARIANTS"][variant][1]]
     return build_config(DiTiConfig, s["preset"], overrides=[
-        f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", *overrides, f"train.seed={seed}",
-        f"train.steps={s['steps']}", f"train.log_every={s['log_every']}", f"train.checkpoint_every={s['steps']}",
+        f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", *GIVEN_PARTITION, *overrides,
+        f"train.seed={seed}", f"train.steps={s['steps']}", f"train.log_every={s['log_every']}", f"train.checkpoint_every={s['steps']}",
         f"train.mixed_precision={PRECISIONS[precision]}", "train.progress=false"])
 
 

@@ -277,10 +277,11 @@ def test_resolving_each_rule(tmp_path):
 
     from diti.config import DiTiConfig, build_config
     from diti.config.loader import ConfigError
+    from diti.config.presets import GIVEN_PARTITION
     from diti.training.partition_rule import resolve_partition_rule
 
     def resolved(*overrides):
-        cfg = build_config(DiTiConfig, "shapes2-bench", overrides=list(overrides))
+        cfg = build_config(DiTiConfig, "shapes2-bench", overrides=[*GIVEN_PARTITION, *overrides])
         return resolve_partition_rule(cfg.partition, 1000)
 
     assert resolved().stages is None  # given: the preset's balanced partition
@@ -366,3 +367,21 @@ def test_removed_loss_rule_with_auto_source_trains_its_pdae_run_inside_the_run_o
     with pytest.raises(ConfigError, match="rule_source=auto"):
         train_diti(quick_cfg(random_dm, shapes16, "partition.rule=attribute_loss", "partition.rule_source=auto"),
                    tmp_path / "al")
+
+
+def test_which_rule_each_preset_trains_with():
+    """The shapes presets of today's runs: the label-free removed-loss rule (its source trained by `diti train`);
+    the paper presets: the official hand-set stages; the frozen 32-px benchmark and the tests' preset: balanced."""
+    from diti.config import DiTiConfig, build_config
+    from diti.config.presets import GIVEN_PARTITION
+    from diti.demo import METHODS
+
+    def rule(preset, *overrides):
+        p = build_config(DiTiConfig, preset, overrides=list(overrides)).partition
+        return p.rule, p.rule_source, p.stages
+
+    assert rule("shapes-demo") == rule("shapes2-bench") == ("removed_loss", "auto", None)
+    assert rule("shapes2-bench", *GIVEN_PARTITION) == rule("shapes-bench") == rule("shapes-quick") == ("given", None, None)
+    assert rule("celeba64-diti64") == ("given", None, [50, 100, 300, 500, 1000])
+    assert rule("shapes2-bench", *METHODS["PDAE"])[:2] == ("given", None)  # the demo's PDAE: no rule to read
+    assert METHODS["DiTi"] == []  # the demo's DiTi: the preset's rule

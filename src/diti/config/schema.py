@@ -44,16 +44,16 @@ class PartitionConfig:
     # where a PDAE run removes loss: rule_source is that run's folder, or the JSON `diti partition
     # --from-removed-loss RUN --out FILE` wrote, or auto: `diti train` first trains a PDAE run of rule_source_steps
     # steps on the same data and DM in RUN/rule-source). The resolved stages and dims, and the source's path, are
-    # written to RUN/config.yaml.
+    # written to RUN/config.yaml; the rules that read no source (given, balanced, official) drop it.
     rule: Literal["given", "balanced", "official", "attribute_loss", "removed_loss"] = "given"
     rule_source: str | None = None
     rule_source_steps: int = 500  # rule_source=auto: steps of the PDAE run the removed-loss rule reads
     floor_dims: int = 1  # attribute_loss / removed_loss: dims every chunk keeps
 
     def build(self, timesteps: int) -> Partition:
-        if self.rule_source == "auto" and self.rule != "removed_loss":
-            raise ConfigError(f"partition.rule_source=auto (a PDAE run trained first) is for "
-                              f"partition.rule=removed_loss, not {self.rule}")
+        if self.rule_source == "auto" and self.rule == "attribute_loss":
+            raise ConfigError("partition.rule_source=auto (a PDAE run trained first) is for partition.rule="
+                              "removed_loss; the attribute-loss rule reads an attribute_loss.json")
         if self.rule_source_steps < 1:
             raise ConfigError(f"partition.rule_source_steps must be >= 1, got {self.rule_source_steps}")
         try:

@@ -105,13 +105,15 @@ def removed_loss_of(source: str | Path) -> list[float]:
 
 
 def resolve_partition_rule(pcfg: PartitionConfig, timesteps: int) -> PartitionConfig:
-    """``pcfg`` with stages and dims set by its rule (a copy; ``given`` returns it unchanged)."""
+    """``pcfg`` with stages and dims set by its rule (a copy; ``given`` keeps its stages and dims)."""
     rule = pcfg.rule
-    if rule != "given" and rule != "balanced" and rule != "official" and pcfg.rule_source is None:
+    if rule in ("given", "balanced", "official"):
+        pcfg = replace(pcfg, rule_source=None)  # a source (a preset's auto) these rules do not read
+    elif pcfg.rule_source is None:
         raise ConfigError(f"partition.rule={rule} needs partition.rule_source")
-    if pcfg.rule_source == "auto":
-        raise ConfigError("partition.rule_source=auto (a PDAE run trained first) is for partition.rule=removed_loss "
-                          f"and is resolved by `diti train`, not here (rule: {rule})")
+    elif pcfg.rule_source == "auto":
+        raise ConfigError(f"partition.rule={rule} with rule_source=auto: the source is a PDAE run `diti train` "
+                          "trains first (diti.training.jobs.removed_loss_source); resolve it there")
     try:
         if rule == "given":
             return pcfg
