@@ -79,4 +79,6 @@ echo "== the partition issue's second data set to 8,000 steps: PDAE and the remo
 v1data --variants pdae,diti-rl-sg --seeds 0 --points 250,500,1000,2000,4000,8000
 echo "== the partition issue's second data set to 8,000 steps: the balanced partition, seeds 0-2 $(date)"
 v1data --variants diti-k8-sg --seeds 1,2,0 --points 250,500,1000,2000,4000,8000
+echo "== the partition issue's second data set to 8,000 steps: the attribute-loss rule, seeds 0-2 $(date)"
+v1data --variants diti-al-sg --seeds 1,2,0 --points 250,500,1000,2000,4000,8000
 echo "== done $(date)"
