@@ -281,8 +281,7 @@ def run_curve(variant: str, seed: int, s: dict, data: str, dm: str, out: str, re
     def train_to(step: int) -> float:
         cfg = build_config(DiTiConfig, s["preset"], overrides=[
             f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", *GIVEN_PARTITION, *overrides,
-            f"train.seed={seed}",
-            "train.progress=false", f"train.steps={step}"])
+            f"train.seed={seed}", "train.progress=false", f"train.steps={step}"])
         t0 = time.perf_counter()
         train_diti(cfg, run, resume=(run / "config.yaml").is_file())
         return time.perf_counter() - t0

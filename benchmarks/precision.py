@@ -39,8 +39,8 @@ def run_config(s: dict, variant: str, seed: int, precision: str, data: Path, dm:
     overrides = [o.format(k=s["k"]) for o in curves["VARIANTS"][variant][1]]
     return build_config(DiTiConfig, s["preset"], overrides=[
         f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}", *GIVEN_PARTITION, *overrides,
-        f"train.seed={seed}", f"train.steps={s['steps']}", f"train.log_every={s['log_every']}", f"train.checkpoint_every={s['steps']}",
-        f"train.mixed_precision={PRECISIONS[precision]}", "train.progress=false"])
+        f"train.seed={seed}", f"train.steps={s['steps']}", f"train.log_every={s['log_every']}",
+        f"train.checkpoint_every={s['steps']}", f"train.mixed_precision={PRECISIONS[precision]}", "train.progress=false"])
 
 
 def fixed_batch_losses(run: Path, data: Path, batch: int) -> dict:

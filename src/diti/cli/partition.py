@@ -78,7 +78,7 @@ def partition(
         overrides += ["partition.stages=null", "partition.dims_per_stage=null"]
     cfg = build_config(DiTiConfig, preset, config, overrides)
     pcfg = cfg.partition
-    if pcfg.rule == "removed_loss" and pcfg.rule_source == "auto":  # nothing to read yet: the rule's source is trained by `diti train`
+    if pcfg.trains_source:  # nothing to read yet: `diti train` trains the rule's source
         typer.echo(f"partition.rule={pcfg.rule} with partition.rule_source=auto (d={pcfg.latent_dim}, k={pcfg.k}): "
                    f"the dims are read when `diti train` starts, from a {pcfg.rule_source_steps}-step PDAE run it "
                    "trains first in RUN/rule-source; `diti partition --run RUN` prints them")

@@ -50,6 +50,11 @@ class PartitionConfig:
     rule_source_steps: int = 500  # rule_source=auto: steps of the PDAE run the removed-loss rule reads
     floor_dims: int = 1  # attribute_loss / removed_loss: dims every chunk keeps
 
+    @property
+    def trains_source(self) -> bool:
+        """Whether `diti train` first trains this rule's source (the removed-loss rule with rule_source=auto)."""
+        return self.rule == "removed_loss" and self.rule_source == "auto"
+
     def build(self, timesteps: int) -> Partition:
         if self.rule_source == "auto" and self.rule == "attribute_loss":
             raise ConfigError("partition.rule_source=auto (a PDAE run trained first) is for partition.rule="

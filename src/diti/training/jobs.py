@@ -146,7 +146,7 @@ def train_diti(cfg: DiTiConfig, out: str | Path, resume: bool = False) -> Path:
     cfg.data.path = _resolve_path(cfg.data.path, "data.path")
     cfg.validate()
     cfg.train.mixed_precision = resolve_mixed_precision(cfg.train.mixed_precision, cfg.train.device)
-    if cfg.partition.rule == "removed_loss" and cfg.partition.rule_source == "auto":  # its PDAE run, trained first
+    if cfg.partition.trains_source:  # the removed-loss rule's PDAE run, trained first
         check_out(out, resume)
         cfg.partition.rule_source = str(removed_loss_source(cfg, out / RULE_SOURCE, cfg.partition.rule_source_steps))
     cfg.partition = resolve_partition_rule(cfg.partition, cfg.diffusion.timesteps)
