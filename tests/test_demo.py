@@ -1,10 +1,12 @@
 """The demo pipeline end to end, shrunk (16 px, tiny models, a few steps)."""
 
 import json
+import time
 
 import pytest
 
-from diti.demo import run_demo
+from diti.config import DiTiConfig, build_config
+from diti.demo import METHODS, _in_processes, run_demo, training_progress
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +57,26 @@ def test_the_demo_in_two_processes_gives_the_same_numbers(sequential, tmp_path):
         assert a["probe"]["mean"] == b["probe"]["mean"]
         assert a["disentangle"]["dci"] == b["disentangle"]["dci"] and a["disentangle"]["mig"] == b["disentangle"]["mig"]
         assert a["fidelity"]["takes_source"] == b["fidelity"]["takes_source"]
+
+
+def _log_steps(run, *steps):
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 0.1}) + "\n" for s in steps))
+
+
+def test_two_process_training_prints_where_each_run_stands(tmp_path):
+    """The two-process demo's processes print nothing: the parent's line reads each run's steps from its folder,
+    those of DiTi's partition-rule PDAE run first, and it is printed while the processes run."""
+    configs = {m: build_config(DiTiConfig, "shapes2-bench", overrides=[*o, "train.steps=1200"])
+               for m, o in METHODS.items()}
+    runs = {m: tmp_path / m.lower() for m in METHODS}
+    assert training_progress(runs, configs) == "   steps: DiTi partition rule's PDAE run 0/500, PDAE 0/1200"
+    _log_steps(runs["DiTi"] / "rule-source" / "pdae", 50, 200)
+    _log_steps(runs["PDAE"], 50, 100, 300)
+    assert training_progress(runs, configs) == "   steps: DiTi partition rule's PDAE run 200/500, PDAE 300/1200"
+    (runs["DiTi"] / "rule-source" / "removed_loss.json").write_text("{}")
+    _log_steps(runs["DiTi"], 50)
+    assert training_progress(runs, configs) == "   steps: DiTi 50/1200, PDAE 300/1200"
+    calls = []
+    assert _in_processes([(time.sleep, 1.0)], 2, report=lambda: calls.append(1), every=0.05) == [None]
+    assert calls  # reported while the process ran

@@ -37,9 +37,10 @@ from .evaluation.runs import (
     write_disentangle,
 )
 from .folders import eval_dir, load_diti_run
-from .folders.layout import CONFIG, COUNTERFACTUAL_PNG
+from .folders.layout import CONFIG, COUNTERFACTUAL_PNG, METRICS
 from .models.dm import load_dm, shipped_dm
 from .training.jobs import pretrain, train_diti
+from .training.partition_rule import RULE_SOURCE
 
 # DiTi on the preset's partition (shapes2-bench: the removed-loss rule, from a 500-step PDAE run it trains first);
 # PDAE (k = 1) has no partition to set
@@ -77,19 +78,48 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _in_processes(jobs: list[tuple], processes: int) -> list:
+PROGRESS_EVERY = 30.0  # seconds between the progress lines of the two-process training
+
+
+def _in_processes(jobs: list[tuple], processes: int, report=None, every: float = PROGRESS_EVERY) -> list:
     """Run ``(function, *args)`` jobs, in ``processes`` spawned processes of ``cores // processes`` torch threads
-    each when ``processes`` > 1 (DiTi's and PDAE's training and evaluation are independent), else here."""
+    each when ``processes`` > 1 (DiTi's and PDAE's training and evaluation are independent), else here.
+    ``report``: called every ``every`` seconds while the processes run (their progress bars are off)."""
     if processes <= 1:
         return [fn(*args) for fn, *args in jobs]
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, wait
 
     threads = max(1, _cores() // processes)
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_set_threads, initargs=(threads,)) as pool:
         futures = [pool.submit(fn, *args) for fn, *args in jobs]
+        while report is not None and wait(futures, timeout=every)[1]:
+            report()
         return [f.result() for f in futures]
+
+
+def _last_step(run: Path) -> int:
+    """The last logged step of the run in ``run`` (RUN/metrics.jsonl), 0 before its first log."""
+    try:
+        lines = (run / METRICS).read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    return json.loads(lines[-1])["step"] if lines else 0
+
+
+def training_progress(runs: dict[str, Path], configs: dict[str, DiTiConfig]) -> str:
+    """One line of where each run's training stands, read from the run folders (the two-process demo's
+    processes print nothing): its steps, or those of its partition rule's PDAE run while that one trains."""
+    parts = []
+    for method, run in runs.items():
+        pcfg, steps = configs[method].partition, configs[method].train.steps
+        source = run / RULE_SOURCE / "pdae"
+        if pcfg.trains_source and not (run / RULE_SOURCE / "removed_loss.json").is_file():
+            parts.append(f"{method} partition rule's PDAE run {_last_step(source)}/{pcfg.rule_source_steps}")
+        else:
+            parts.append(f"{method} {_last_step(run)}/{steps}")
+    return "   steps: " + ", ".join(parts)
 
 
 def _set_threads(threads: int) -> None:
@@ -164,9 +194,10 @@ def run_demo(out: str | Path, data_seed: int = 0, steps: int | None = None, quic
         f"dm={json.dumps(str(dm))}", f"data.path={json.dumps(str(data))}",
         f"train.progress={str(s['progress'] and not parallel).lower()}", *overrides, *train_extra])
         for method, overrides in METHODS.items()}
-    if parallel:  # one process per model (two progress bars would garble each other: none is shown)
+    if parallel:  # one process per model (two progress bars would garble each other: a line every 30 s instead)
         with timer(f"train {' + '.join(METHODS)} ({processes} processes)"):
-            _in_processes([(_train, configs[m], runs[m]) for m in METHODS], processes)
+            _in_processes([(_train, configs[m], runs[m]) for m in METHODS], processes,
+                          report=lambda: typer.echo(training_progress(runs, configs)))
     else:
         for method in METHODS:
             with timer(f"train {method}"):
