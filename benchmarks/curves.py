@@ -461,18 +461,31 @@ def load_extra(results: Path, name: str) -> dict[str, list[dict]]:
     return out
 
 
+# the --fidelity and --peers evaluations run at the last point of the call that asked for them: a later call to more
+# points leaves them where they were, so their tables name the images they were measured at
+MEASURED_AT = ("Each row at the images its runs were evaluated at (`--fidelity` / `--peers` run at the last point of "
+               "the call that asks for them; a later call to more points does not move them).")
+
+
+def _images(rows: list[dict]) -> str:
+    """The distinct numbers of images a variant's seeds were evaluated at (one, unless a seed lags); '–' for the
+    references, which have no training curve (their points are at 0 images)."""
+    return " / ".join(f"{i:,}" if i else "–" for i in sorted({r["images"] for r in rows}))
+
+
 def fidelity_lines(fidelity: dict[str, list[dict]], crossings: dict[str, float]) -> list[str]:
     """Markdown: hit rate and leakage per dim group (evaluation/fidelity.py:hit_and_leakage), mean ± std over
     the seeds, beside the reconstruction ceiling. Groups are matched by index (the same t-range); when their
     dims differ by seed, the label lists each distinct one."""
-    lines = ["", "### Counterfactual fidelity at the last point", "",
+    lines = ["", "### Counterfactual fidelity", "",
              "Swapping one dim group from a source into a target (decoded from the target's x_T): **hit** = how "
              "often the factors the DM loses in the group's t-range take the source's value, **leakage** = how "
              "often the other factors leave the target's (reconstruction errors included: compare with 1 - the "
              "reconstruction accuracy). PDAE's groups take the t-ranges DiTi's balanced partition gives the same "
-             "dims.", "",
-             "| variant | seeds | group | t-range | its factors | hit | leakage | 1 - reconstruction accuracy |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"dims. {MEASURED_AT}", "",
+             "| variant | seeds | images | group | t-range | its factors | hit | leakage | "
+             "1 - reconstruction accuracy |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for v in sorted(fidelity, key=lambda v: (v != "pdae", v)):
         rows = fidelity[v]
         per_seed = [hit_and_leakage(FidelityResult.from_dict(r), crossings, r.get("reference_t_ranges"))
@@ -486,7 +499,7 @@ def fidelity_lines(fidelity: dict[str, list[dict]], crossings: dict[str, float])
             leaks = [seed[g]["leakage"] for seed in per_seed]
             # a rule read per seed (removed loss) gives each seed its own dims: name them all, in seed order
             group = "; ".join(dict.fromkeys(seed[g]["group"] for seed in per_seed))
-            lines.append(f"| {v} | {len(rows)} | {group} | {first['t_range'][0]}-{first['t_range'][1]} | "
+            lines.append(f"| {v} | {len(rows)} | {_images(rows)} | {group} | {first['t_range'][0]}-{first['t_range'][1]} | "
                          f"{', '.join(first['factors']) or '-'} | {_ms(hits)} | {_ms(leaks)} | {recon} |")
     return lines
 
@@ -657,14 +670,14 @@ def format_tables(table: dict, crossings: dict[str, float] | None = None,
             lines.append(f"| {v} | " + " / ".join(f"{len(p)} of {len(h)}" for h, p in per)
                          + f" | {'yes' if met else 'no'} |")
     if peers:
-        lines += ["", "### The peers' protocol at the last point", "",
+        lines += ["", "### The peers' protocol", "",
                   "Each chunk reduced to one dim by PCA (PDAE and the references: the chunks of DiTi's balanced "
                   "partition), then disentanglement_lib's sample counts (`diti disentangle --protocol peers`, "
-                  "docs/evaluation.md): the numbers DisDiff, EncDiff and FDAE report.", "",
-                  "| variant | seeds | DCI-D | FactorVAE | MIG |", "|---|---|---|---|---|"]
+                  f"docs/evaluation.md): the numbers DisDiff, EncDiff and FDAE report. {MEASURED_AT}", "",
+                  "| variant | seeds | images | DCI-D | FactorVAE | MIG |", "|---|---|---|---|---|---|"]
         for v in sorted(peers, key=lambda v: (v in BASELINES, v != "pdae", v)):
             rows = peers[v]
-            lines.append(f"| {v} | {len(rows)} | " + " | ".join(_ms([r["metrics"][m] for r in rows])
+            lines.append(f"| {v} | {len(rows)} | {_images(rows)} | " + " | ".join(_ms([r["metrics"][m] for r in rows])
                                                                 for m in ("dci_d", "factor_vae", "mig")) + " |")
     if fidelity and crossings:
         lines += fidelity_lines(fidelity, crossings)

@@ -94,7 +94,9 @@ def test_curves_quick(tmp_path, capsys):
         peers = json.loads((results / v / "seed0" / "peers.json").read_text())
         assert peers["protocol"]["chunk_reduction"]["method"] == "pca"
         assert len(peers["protocol"]["chunk_reduction"]["chunks"]) == 4 and 0 <= peers["metrics"]["dci_d"] <= 1
-    assert "### The peers' protocol at the last point" in (results / "curves.md").read_text()
+    peers_table = (results / "curves.md").read_text().split("### The peers' protocol")[1].split("###")[0]
+    images = json.loads((results / "pdae" / "seed0" / "peers.json").read_text())["images"]
+    assert f"| pdae | 1 | {images:,} | " in peers_table and images == last["images"]  # at the last point
     assert "reference_t_ranges" in json.loads((results / "pdae/seed0/fidelity.json").read_text())
     # with the DM's crossings: each factor's chunk against the t where the DM loses it (a rank correlation)
     crossings = {name: 100.0 * i for i, name in enumerate(last["probe"])}
@@ -107,9 +109,9 @@ def test_curves_quick(tmp_path, capsys):
     held = (results / "curves.md").read_text().split("### Held and in place")[1].split("###")[0]
     rows = [line for line in held.splitlines() if line.startswith("| diti-k8-sg |")]
     assert len(rows) == 1 and rows[0].split("|")[3].strip() in ("yes", "no") and " of " in rows[0], held
-    fidelity = (results / "curves.md").read_text().split("### Counterfactual fidelity at the last point")[1]
+    fidelity = (results / "curves.md").read_text().split("### Counterfactual fidelity")[1]
     rows = [line for line in fidelity.splitlines() if line.startswith(("| pdae |", "| diti-k8-sg |"))]
-    assert len(rows) == 8 and all(0 <= float(r.split("|")[6]) <= 1 for r in rows if r.split("|")[6].strip() != "–")
+    assert len(rows) == 8 and all(0 <= float(r.split("|")[7]) <= 1 for r in rows if r.split("|")[7].strip() != "–")
     # the fast mode's curves: trained under bf16 autocast, in their own folders
     bf16 = main(["--quick", "--precision", "bf16", "--variants", "pdae", "--points", "2", "--out", str(tmp_path / "b")])
     point = bf16["table"]["pdae"][2][0]
@@ -466,7 +468,7 @@ def test_curves_fidelity_lines_average_by_group_and_name_each_seeds_dims():
                 "takes_source": [[hit, 0.0], [0.0, 0.0], [1.0, 1.0]],
                 "keeps_target": [[1.0, 0.75], [1.0, 1.0], [0.0, 0.0]],
                 "num_differ": [10, 10], "reconstruction_accuracy": [1.0, 0.9], "real_accuracy": [1.0, 1.0],
-                "num_pairs": 4, "num_steps": 2, "seed": 0}
+                "num_pairs": 4, "num_steps": 2, "seed": 0, "images": 64_000 if split == 3 else 32_000}
 
     rows = [line for line in fidelity_lines({"diti-rl-sg": [result(1, 0.2), result(3, 0.4)]}, crossings)
             if line.startswith("| diti-rl-sg")]
@@ -474,8 +476,10 @@ def test_curves_fidelity_lines_average_by_group_and_name_each_seeds_dims():
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     # stage 0 holds grain and colour (both crossings in 0-499): hit = mean(hit, 0) per seed = 0.1 and 0.2,
     # mean ± sample std 0.150 ± 0.071; no other factor: no leakage; 1 - reconstruction 0.05 on both seeds
-    assert cells[1:5] == ["2", "stage 0: t 0-499, dims 0-0; stage 0: t 0-499, dims 0-2", "0-499", "grain, colour"]
-    assert cells[5] == "0.150 ± 0.071" and cells[6] == "–" and cells[7] == "0.050 ± 0.000"
+    # the seeds were evaluated at different points: both named
+    assert cells[1:6] == ["2", "32,000 / 64,000", "stage 0: t 0-499, dims 0-0; stage 0: t 0-499, dims 0-2", "0-499",
+                          "grain, colour"]
+    assert cells[6] == "0.150 ± 0.071" and cells[7] == "–" and cells[8] == "0.050 ± 0.000"
     same = [line for line in fidelity_lines({"diti-k8-sg": [result(2, 0.2), result(2, 0.2)]}, crossings)
             if line.startswith("| diti-k8-sg")]
     assert "| stage 0: t 0-499, dims 0-1 |" in same[0]  # equal dims: one label
