@@ -704,6 +704,7 @@ def plot_curves(table: dict, folder: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     folder.mkdir(parents=True, exist_ok=True)
     learned = [v for v in _order(table) if v not in BASELINES]
@@ -723,8 +724,10 @@ def plot_curves(table: dict, folder: Path) -> list[Path]:
         return np.array(xs), np.array(mean), np.array(std)
 
     def panel(ax, get, title):
+        ticks = set()
         for v in learned:
             x, m, sd = series(v, get)
+            ticks.update(int(i) for i in x)
             if len(x):
                 n = len(table[v][max(table[v])])
                 ax.plot(x, m, marker="o", ms=3, color=colours[v], label=f"{v} ({n} seeds)")
@@ -736,6 +739,9 @@ def plot_curves(table: dict, folder: Path) -> list[Path]:
                 if vals:
                     ax.axhline(np.mean(vals), color="gray", linestyle=style, label=b)
         ax.set_xscale("log")
+        if ticks:  # one labelled tick per point (16k, 32k, ...): the log axis' own minor labels overlap
+            ax.set_xticks(sorted(ticks), [f"{i / 1000:g}k" for i in sorted(ticks)], fontsize=7)
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("training images seen")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
