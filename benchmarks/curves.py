@@ -452,6 +452,23 @@ def load_points(results: Path) -> dict[str, dict[int, list[dict]]]:
     return table
 
 
+def split_screens(table: dict[str, dict[int, list[dict]]]) -> tuple[dict, dict]:
+    """(curves, screens): each variant's points up to the last step that at least half of its seeds reached, and
+    the points after it, which fewer seeds reached (a one-seed screen beyond a 3-seed curve). The tables' last
+    point and the figures' mean curves use the first only. Half, not all: a sweep whose third seed is still on
+    its way keeps its two-seed last point, and a variant of one long seed and one stopped early keeps the long
+    one's."""
+    curves, screens = {}, {}
+    for v, steps in table.items():
+        need = -(-len({r["seed"] for rows in steps.values() for r in rows}) // 2)
+        last = max(step for step, rows in steps.items() if len(rows) >= need)
+        curves[v] = {step: rows for step, rows in steps.items() if step <= last}
+        beyond = {step: rows for step, rows in steps.items() if step > last}
+        if beyond:
+            screens[v] = beyond
+    return curves, screens
+
+
 def load_extra(results: Path, name: str) -> dict[str, list[dict]]:
     """variant -> the ``name`` file (fidelity.json, peers.json) of every seed that has one (sorted by seed)."""
     out: dict[str, list[dict]] = {}
@@ -572,9 +589,11 @@ def reach(steps: dict[int, list[dict]], seed: int, target: float) -> tuple[float
 
 
 def format_tables(table: dict, crossings: dict[str, float] | None = None,
-                  fidelity: dict[str, list[dict]] | None = None, peers: dict[str, list[dict]] | None = None) -> str:
+                  fidelity: dict[str, list[dict]] | None = None, peers: dict[str, list[dict]] | None = None,
+                  screens: dict | None = None) -> str:
     """Markdown: the plateau table (last point reached by every seed), the last doubling, per-factor probes and
-    the chunk holding each factor."""
+    the chunk holding each factor; ``screens`` (split_screens: points fewer seeds reached) in a table of their
+    own."""
     if not table:
         return "No finished points yet.\n"
     lines = ["Mean ± std over the seeds that reached the point (seed count in brackets).", "",
@@ -589,6 +608,18 @@ def format_tables(table: dict, crossings: dict[str, float] | None = None,
         cells = [_ms([r["metrics"].get(m) for r in rows]) for m in METRICS]
         minutes = _ms([r["train_seconds"] / 60 for r in rows], ".1f")
         lines.append(f"| {v} | {rows[0]['images']:,} | {len(rows)} | " + " | ".join(cells) + f" | {minutes} |")
+    if screens:
+        lines += ["", "### Beyond the last point: points fewer seeds reached", "",
+                  "Points past a variant's last point (the last step at least half of its seeds reached), e.g. a "
+                  "one-seed screen beyond a 3-seed curve; per seed, not in any mean above or below.", "",
+                  "| variant | images | seed | " + " | ".join(METRICS) + " | train min |",
+                  "|---|---|---|" + "---|" * (len(METRICS) + 1)]
+        for v in _order(screens):
+            for step in sorted(screens[v]):
+                for r in screens[v][step]:
+                    cells = [_ms([r["metrics"].get(m)]) for m in METRICS]
+                    lines.append(f"| {v} | {r['images']:,} | {r['seed']} | " + " | ".join(cells)
+                                 + f" | {r['train_seconds'] / 60:.1f} |")
     lines += ["", "### The last doubling: change of the probe mean (and DCI-D) from the previous point", "",
               "| variant | from | to | Δ probe mean | Δ DCI-D |", "|---|---|---|---|---|"]
     for v in _order(table):
@@ -697,9 +728,11 @@ def portable(overrides: list[str]) -> list[str]:
     return [re.sub(r'"/[^"]*?/((?:src/diti|runs)/[^"]*)"', r'"\1"', o) for o in overrides]
 
 
-def plot_curves(table: dict, folder: Path) -> list[Path]:
+def plot_curves(table: dict, folder: Path, screens: dict | None = None) -> list[Path]:
     """One figure per metric: metric vs images seen (log x), mean over seeds with a ±1 std band per variant;
-    the baselines as horizontal lines. And one figure of the probe accuracy per factor."""
+    the baselines as horizontal lines; ``screens`` (split_screens) as hollow markers, one per seed. And one
+    figure of the probe accuracy per factor."""
+    screens = screens or {}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -732,6 +765,11 @@ def plot_curves(table: dict, folder: Path) -> list[Path]:
                 n = len(table[v][max(table[v])])
                 ax.plot(x, m, marker="o", ms=3, color=colours[v], label=f"{v} ({n} seeds)")
                 ax.fill_between(x, m - sd, m + sd, color=colours[v], alpha=0.2)
+            for rows in screens.get(v, {}).values():
+                for r in rows:
+                    if get(r) is not None:
+                        ticks.add(int(r["images"]))
+                        ax.scatter([r["images"]], [get(r)], s=18, facecolors="none", edgecolors=colours[v])
         for b, style in zip(BASELINES, ("--", ":", "-."), strict=True):
             if b in table:
                 vals = [get(r) for rows in table[b].values() for r in rows]
@@ -904,13 +942,15 @@ def _finish(results: Path, attribute_loss: str | Path | None = None) -> dict:
     """Figures and curves.md from every point JSON; ``attribute_loss`` (default: the shipped DM's, in full mode)
     gives the crossings for the chunk-vs-time-step correlation."""
     table = load_points(results)
+    curves, screens = split_screens(table)
     crossings = None
     if attribute_loss is not None and Path(attribute_loss).is_file():
         crossings = json.loads(Path(attribute_loss).read_text()).get("crossing_t_interp")
-    text = format_tables(table, crossings, load_extra(results, "fidelity.json"), load_extra(results, "peers.json"))
+    text = format_tables(curves, crossings, load_extra(results, "fidelity.json"), load_extra(results, "peers.json"),
+                         screens)
     results.mkdir(parents=True, exist_ok=True)
     (results / "curves.md").write_text(text)
-    figures = plot_curves(table, results / "figures") if table else []
+    figures = plot_curves(curves, results / "figures", screens) if table else []
     print(text)
     return {"table": table, "figures": [str(f) for f in figures], "markdown": str(results / "curves.md")}
 

@@ -112,6 +112,23 @@ def test_curves_quick(tmp_path, capsys):
     fidelity = (results / "curves.md").read_text().split("### Counterfactual fidelity")[1]
     rows = [line for line in fidelity.splitlines() if line.startswith(("| pdae |", "| diti-k8-sg |"))]
     assert len(rows) == 8 and all(0 <= float(r.split("|")[7]) <= 1 for r in rows if r.split("|")[7].strip() != "–")
+    # a screen past the curve: PDAE's points at 2 and 4 on seeds 1 and 2 too, and a point at 8 on seed 0 only.
+    # The last point stays the last one the three seeds reached; the screen gets its own table
+    for step in (2, 4):
+        row = json.loads((results / f"pdae/seed0/step00000{step}.json").read_text())
+        for seed in (1, 2):
+            (results / f"pdae/seed{seed}").mkdir(exist_ok=True)
+            (results / f"pdae/seed{seed}/step00000{step}.json").write_text(json.dumps({**row, "seed": seed}))
+    row = json.loads((results / "pdae/seed0/step000004.json").read_text())
+    (results / "pdae/seed0/step000008.json").write_text(json.dumps({**row, "step": 8, "images": 2 * row["images"]}))
+    main(["--plot-only", "--results", str(results)])
+    text = (results / "curves.md").read_text()
+    at_last = text.split("### At the last point")[1].split("###")[0]
+    assert f"| pdae | {row['images']:,} | 3 | " in at_last
+    screen = text.split("### Beyond the last point")[1].split("###")[0]
+    assert [r.split("|")[1:4] for r in screen.splitlines() if r.startswith("| pdae")] == [
+        [" pdae ", f" {2 * row['images']:,} ", " 0 "]]
+    assert "Beyond the last point" not in text.split("### Reaching 95 %")[1]
     # the fast mode's curves: trained under bf16 autocast, in their own folders
     bf16 = main(["--quick", "--precision", "bf16", "--variants", "pdae", "--points", "2", "--out", str(tmp_path / "b")])
     point = bf16["table"]["pdae"][2][0]
