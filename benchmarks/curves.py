@@ -591,9 +591,9 @@ def reach(steps: dict[int, list[dict]], seed: int, target: float) -> tuple[float
 def format_tables(table: dict, crossings: dict[str, float] | None = None,
                   fidelity: dict[str, list[dict]] | None = None, peers: dict[str, list[dict]] | None = None,
                   screens: dict | None = None) -> str:
-    """Markdown: the plateau table (last point reached by every seed), the last doubling, per-factor probes and
-    the chunk holding each factor; ``screens`` (split_screens: points fewer seeds reached) in a table of their
-    own."""
+    """Markdown: the plateau table (the last point at least half the seeds reached), the last doubling,
+    per-factor probes and the chunk holding each factor; ``screens`` (split_screens: the points past it) in a
+    table of their own."""
     if not table:
         return "No finished points yet.\n"
     lines = ["Mean ± std over the seeds that reached the point (seed count in brackets).", "",
