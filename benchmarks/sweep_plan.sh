@@ -86,7 +86,7 @@ echo "== the partition issue's second data set to 8,000 steps: the attribute-los
 v1data --variants diti-al-sg --seeds 1,2 --points 250,500,1000,2000,4000,8000
 # at 8,000 steps every DiTi row still gained +0.03-0.04 and the balanced partition ended more disentangled by chunk
 # than the removed-loss rule (RESULTS): a one-seed screen of whether that order holds at 16,000 steps (curves.md
-# keeps each variant's last point at the last step all its seeds reached and lists the screen's points apart)
+# keeps each variant's last point at the last step at least half its seeds reached and lists the screen's apart)
 echo "== the partition issue's second data set to 16,000 steps: balanced and the removed-loss rule, seed 1 $(date)"
 v1data --variants diti-k8-sg,diti-rl-sg --seeds 1 --points 250,500,1000,2000,4000,8000,16000
 echo "== done $(date)"

@@ -40,7 +40,7 @@ from .folders import eval_dir, load_diti_run
 from .folders.layout import CONFIG, COUNTERFACTUAL_PNG, METRICS
 from .models.dm import load_dm, shipped_dm
 from .training.jobs import pretrain, train_diti
-from .training.partition_rule import RULE_SOURCE
+from .training.partition_rule import RULE_SOURCE, RULE_SOURCE_CURVE, RULE_SOURCE_RUN
 
 # DiTi on the preset's partition (shapes2-bench: the removed-loss rule, from a 500-step PDAE run it trains first);
 # PDAE (k = 1) has no partition to set
@@ -114,9 +114,10 @@ def training_progress(runs: dict[str, Path], configs: dict[str, DiTiConfig]) -> 
     parts = []
     for method, run in runs.items():
         pcfg, steps = configs[method].partition, configs[method].train.steps
-        source = run / RULE_SOURCE / "pdae"
-        if pcfg.trains_source and not (run / RULE_SOURCE / "removed_loss.json").is_file():
-            parts.append(f"{method} partition rule's PDAE run {_last_step(source)}/{pcfg.rule_source_steps}")
+        source = run / RULE_SOURCE
+        if pcfg.trains_source and not (source / RULE_SOURCE_CURVE).is_file():
+            parts.append(f"{method} partition rule's PDAE run {_last_step(source / RULE_SOURCE_RUN)}/"
+                         f"{pcfg.rule_source_steps}")
         else:
             parts.append(f"{method} {_last_step(run)}/{steps}")
     return "   steps: " + ", ".join(parts)

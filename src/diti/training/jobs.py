@@ -21,7 +21,13 @@ from ..folders.layout import CONFIG, read_meta, read_run_config, write_run_files
 from ..models.ddpm import DDPMObjective
 from ..models.diti import DiTiModel
 from ..models.dm import build_unet, dm_resolution, load_dm, save_dm
-from .partition_rule import RULE_SOURCE, removed_loss_curve, resolve_partition_rule
+from .partition_rule import (
+    RULE_SOURCE,
+    RULE_SOURCE_CURVE,
+    RULE_SOURCE_RUN,
+    removed_loss_curve,
+    resolve_partition_rule,
+)
 from .precision import resolve_mixed_precision
 from .timesteps import IndependentSampler, build_sampler
 from .tracking import reconstructions, samples
@@ -177,7 +183,7 @@ def removed_loss_source(cfg: DiTiConfig, folder: str | Path, steps: int) -> Path
     of ``steps`` steps in ``folder/pdae`` and its removed-loss curve r(t) in ``folder/removed_loss.json``, the file
     ``partition.rule_source`` then points to. Kept: a second call (a resumed run) trains nothing."""
     folder = Path(folder)
-    path = folder / "removed_loss.json"
+    path, run = folder / RULE_SOURCE_CURVE, folder / RULE_SOURCE_RUN
     if path.is_file():
         return path
     pdae = copy.deepcopy(cfg)
@@ -186,9 +192,9 @@ def removed_loss_source(cfg: DiTiConfig, folder: str | Path, steps: int) -> Path
     pdae.train.steps = steps
     state = PartialState()
     if state.is_main_process and cfg.train.progress:
-        print(f"partition rule removed_loss: training its source, a PDAE run of {steps} steps, in {folder / 'pdae'}",
+        print(f"partition rule removed_loss: training its source, a PDAE run of {steps} steps, in {run}",
               file=sys.stderr)
-    run = train_diti(pdae, folder / "pdae", resume=(folder / "pdae" / CONFIG).is_file())
+    run = train_diti(pdae, run, resume=(run / CONFIG).is_file())
     if state.is_main_process:
         curve = removed_loss_curve(run, device=str(state.device))
         tmp = path.with_suffix(".json.tmp")

@@ -34,6 +34,8 @@ from ..partition import (
 )
 
 RULE_SOURCE = "rule-source"  # RUN/rule-source: the PDAE run of partition.rule_source=auto and its curve
+RULE_SOURCE_RUN = "pdae"  # RUN/rule-source/pdae: that PDAE run's folder
+RULE_SOURCE_CURVE = "removed_loss.json"  # RUN/rule-source/removed_loss.json: its removed-loss curve, once measured
 OFFICIAL_STAGES = (50, 100, 300, 500, 1000)
 OFFICIAL_DIMS = (10, 25, 327, 100, 50)
 
